@@ -1,0 +1,131 @@
+"""The Python API: what the CLI, ``jobs/*.py`` and notebooks all call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from rayorch.backfill.driver import (
+    BackfillDriver,
+    BackfillSummary,
+    DriverOptions,
+    OnConflict,
+    ProgressFn,
+)
+from rayorch.backfill.executor import RayExecutor, UnitExecutor
+from rayorch.backfill.plan import AnnotatedUnit, BackfillPlan, Step, annotate, plan_backfill
+from rayorch.data.generate import Faults, GenerateReport, generate_raw
+from rayorch.ledger.states import Reprocess
+from rayorch.ledger.store import Ledger
+from rayorch.runtime import ensure_ray
+from rayorch.settings import Settings, load_settings
+from rayorch.spec import PipelineSpec, load_pipeline
+
+
+def _spec(config: str | Path | PipelineSpec) -> PipelineSpec:
+    return config if isinstance(config, PipelineSpec) else load_pipeline(config)
+
+
+def open_ledger(settings: Settings | None = None) -> Ledger:
+    return Ledger((settings or load_settings()).db_url)
+
+
+def generate_data(
+    config: str | Path | PipelineSpec,
+    start: str | dt.date,
+    end: str | dt.date,
+    keys: dict[str, list[str]] | None = None,
+    faults: Faults | None = None,
+    settings: Settings | None = None,
+) -> GenerateReport:
+    """Write deterministic example raw data for the pipeline under its source path."""
+    spec = _spec(config)
+    st = settings or load_settings()
+    return generate_raw(spec, st.resolve(spec.source.path), start, end, keys, faults)
+
+
+def plan_with_status(
+    config: str | Path | PipelineSpec,
+    start: str | dt.date,
+    end: str | dt.date,
+    keys: dict[str, list[str]] | None = None,
+    steps: str | None = None,
+    reprocess: Reprocess = Reprocess.MISSING,
+    settings: Settings | None = None,
+) -> tuple[BackfillPlan, list[AnnotatedUnit]]:
+    """The plan plus what the ledger says about each unit (the dry run)."""
+    spec = _spec(config)
+    plan = plan_backfill(spec, start, end, keys, steps)
+    ledger = open_ledger(settings)
+    try:
+        known = ledger.get_units(u.run_key for u in plan.units)
+    finally:
+        ledger.close()
+    return plan, annotate(plan, known, time.time(), reprocess)
+
+
+def run_backfill(
+    config: str | Path | PipelineSpec,
+    start: str | dt.date,
+    end: str | dt.date,
+    keys: dict[str, list[str]] | None = None,
+    steps: str | None = None,
+    *,
+    max_concurrency: int | None = None,
+    reprocess: Reprocess | str = Reprocess.MISSING,
+    on_conflict: OnConflict | str = OnConflict.SKIP,
+    resume_id: str | None = None,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+    executor: UnitExecutor | None = None,
+    ledger: Ledger | None = None,
+    lease_s: float | None = None,
+) -> BackfillSummary:
+    """Plan and run a backfill on Ray. Re-running the same call skips what is done.
+
+    With ``resume_id`` the plan is rebuilt from that backfill's recorded parameters.
+    """
+    st = settings or load_settings()
+    own_ledger = ledger is None
+    led = ledger or open_ledger(st)
+    try:
+        if resume_id is not None:
+            params: dict[str, Any] = led.get_backfill(resume_id).params
+            start, end = params["start"], params["end"]
+            keys, steps = params["keys"], ",".join(params["steps"])
+        spec = _spec(config)
+        plan = plan_backfill(spec, start, end, keys, steps)
+        ensure_ray(st)
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 4)
+        opts = DriverOptions(
+            max_concurrency=max_concurrency,
+            reprocess=Reprocess(reprocess),
+            on_conflict=OnConflict(on_conflict),
+            resume_id=resume_id,
+            retries=spec.features.retries,
+            retry_backoff_s=spec.features.retry_backoff_s,
+            sensor_wait_timeout_s=spec.freshness.wait_timeout_s,
+            sensor_poll_s=spec.freshness.poll_interval_s,
+            **({"lease_s": lease_s} if lease_s else {}),
+        )
+        driver = BackfillDriver(
+            plan, led, executor or RayExecutor(spec, st), opts, progress, cluster_cpus=cpus
+        )
+        return driver.run()
+    finally:
+        if own_ledger:
+            led.close()
+
+
+__all__ = [
+    "Step",
+    "generate_data",
+    "open_ledger",
+    "plan_backfill",
+    "plan_with_status",
+    "run_backfill",
+]

@@ -1,0 +1,429 @@
+"""The backfill driver: carries a plan out on Ray, one claimed unit at a time.
+
+Order per unit, chosen so that a SIGKILL anywhere leaves nothing duplicated or lost:
+persist plan -> claim (token) -> work stages output -> fenced ledger commit -> publish.
+Everything the driver knows is in the ledger; a new driver resumes from there.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayorch.backfill.executor import UnitExecutor
+from rayorch.backfill.plan import BackfillPlan, Unit
+from rayorch.errors import (
+    CancelledError,
+    ConfigError,
+    DataError,
+    DataNotReadyError,
+    RayorchError,
+)
+from rayorch.ledger.states import BackfillState, Reprocess, UnitState
+from rayorch.ledger.store import DEFAULT_LEASE_S, ClaimOutcome, Ledger, UnitSpec
+
+
+class OnConflict(str, enum.Enum):
+    SKIP = "skip"  # leave units held by another live backfill to it
+    WAIT = "wait"  # wait until the holder finishes (or its lease expires)
+    FAIL = "fail"  # fail those units at once
+
+
+class Outcome(str, enum.Enum):
+    DONE = "done"
+    SKIPPED_DONE = "skipped (already done)"
+    SKIPPED_FAILED = "skipped (failed before)"
+    SKIPPED_HELD = "skipped (held by another backfill)"
+    BLOCKED = "blocked (upstream not done)"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class DriverOptions:
+    max_concurrency: int | None = None
+    reprocess: Reprocess = Reprocess.MISSING
+    on_conflict: OnConflict = OnConflict.SKIP
+    lease_s: float = DEFAULT_LEASE_S
+    resume_id: str | None = None
+    conflict_poll_s: float = 2.0
+    retries: int = 0
+    retry_backoff_s: float = 1.0
+    sensor_wait_timeout_s: float = 0.0
+    sensor_poll_s: float = 5.0
+
+
+@dataclass
+class BackfillSummary:
+    backfill_id: str
+    resumed: bool
+    state: BackfillState = BackfillState.RUNNING
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reconciled: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    wall_s: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        out = {o.name.lower(): 0 for o in Outcome}
+        for o in self.outcomes.values():
+            out[o.name.lower()] += 1
+        return out
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, o in self.outcomes.items() if o is Outcome.FAILED]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backfill_id": self.backfill_id,
+            "resumed": self.resumed,
+            "state": self.state.value,
+            "counts": self.counts(),
+            "failed": [{"run_key": k, "error": self.errors.get(k, "")} for k in self.failed],
+            "blocked": [k for k, o in self.outcomes.items() if o is Outcome.BLOCKED],
+            "trained": [
+                {
+                    "run_key": k,
+                    **{
+                        x: r.get(x)
+                        for x in ("mlflow_run_id", "model_name", "model_version", "metrics")
+                    },
+                }
+                for k, r in self.results.items()
+                if r.get("kind") == "trained"
+            ],
+            "reconciled": self.reconciled,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+#: Progress callback: (event, unit or None, detail). Events: start, claimed, done, skipped,
+#: retry, waiting, failed, blocked, cancelled, end.
+ProgressFn = Callable[[str, Unit | None, dict[str, Any]], None]
+
+
+def _quiet(event: str, unit: Unit | None, detail: dict[str, Any]) -> None:
+    return None
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _retryable(exc: BaseException) -> bool:
+    return not isinstance(exc, DataError | ConfigError | CancelledError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RayorchError):
+        return f"{type(exc).__name__}: {exc.message}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+class _Heartbeat(threading.Thread):
+    """Renews this backfill's leases and notices cancel requests."""
+
+    def __init__(self, ledger: Ledger, backfill_id: str, lease_s: float) -> None:
+        super().__init__(daemon=True, name=f"rayorch-heartbeat-{backfill_id}")
+        self.ledger, self.backfill_id, self.lease_s = ledger, backfill_id, lease_s
+        self.cancelled = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if self.ledger.heartbeat(self.backfill_id, self.lease_s):
+                    self.cancelled.set()
+            except Exception:  # a missed beat is survivable; the lease has slack
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class BackfillDriver:
+    def __init__(
+        self,
+        plan: BackfillPlan,
+        ledger: Ledger,
+        executor: UnitExecutor,
+        options: DriverOptions,
+        progress: ProgressFn | None = None,
+        cluster_cpus: float | None = None,
+    ) -> None:
+        self.plan, self.ledger, self.executor, self.opt = plan, ledger, executor, options
+        self.progress = progress or _quiet
+        self.max_conc = options.max_concurrency or max(8, int(2 * (cluster_cpus or 4)))
+        self.stop_requested = threading.Event()
+
+    def run(self) -> BackfillSummary:
+        import ray
+
+        plan, ledger, opt = self.plan, self.ledger, self.opt
+        planned = [
+            UnitSpec(u.run_key, plan.pipeline, u.step.value, str(u.partition)) for u in plan.units
+        ]
+        bf, resumed = ledger.start_backfill(
+            plan.pipeline,
+            plan.params,
+            plan.config_fingerprint,
+            planned,
+            resume_id=opt.resume_id,
+            stale_after_s=opt.lease_s,
+        )
+        s = BackfillSummary(bf.id, resumed)
+        self.progress(
+            "start", None, {"backfill_id": bf.id, "resumed": resumed, "units": len(plan.units)}
+        )
+        self._reconcile(s)
+        hb = _Heartbeat(ledger, bf.id, opt.lease_s)
+        hb.start()
+        units = {u.run_key: u for u in plan.units}
+        ready: deque[Unit] = deque(u for u in plan.units if not u.depends_on)
+        blocked: list[Unit] = [u for u in plan.units if u.depends_on]
+        delayed: list[tuple[float, Unit, int | None]] = []  # (due, unit, token to reuse)
+        inflight: dict[Any, tuple[Unit, int, int]] = {}  # ref -> (unit, token, attempt)
+        attempts: dict[str, int] = {}
+        first_wait: dict[str, float] = {}
+        rows = ledger.get_units(units)
+        generation = {k: (r.committed_token or 0) for k, r in rows.items()}
+        try:
+            while True:
+                if hb.cancelled.is_set() or self.stop_requested.is_set():
+                    self._cancel(s, inflight, delayed, ready, blocked)
+                    break
+                now = time.time()
+                for item in [d for d in delayed if d[0] <= now]:
+                    delayed.remove(item)
+                    _, unit, token = item
+                    if token is None:
+                        ready.appendleft(unit)
+                    else:
+                        ref = self.executor.submit(unit, token, generation.get(unit.run_key, 0))
+                        inflight[ref] = (unit, token, attempts.get(unit.run_key, 1))
+                self._release_blocked(s, blocked, ready)
+                batch: list[Unit] = []
+                while ready and len(inflight) + len(batch) < self.max_conc:
+                    batch.append(ready.popleft())
+                if batch:
+                    self._claim_and_submit(bf.id, s, batch, inflight, delayed, attempts, generation)
+                if not inflight:
+                    if ready:
+                        continue
+                    if not delayed:
+                        self._release_blocked(s, blocked, ready)
+                        if ready:
+                            continue
+                        break
+                    time.sleep(max(0.0, min(d[0] for d in delayed) - time.time()))
+                    continue
+                timeout = 1.0 if not delayed else max(0.0, min(d[0] for d in delayed) - now)
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=min(timeout, 1.0))
+                if done:
+                    more, _ = ray.wait(
+                        [r for r in inflight if r not in done],
+                        num_returns=len(inflight) - len(done),
+                        timeout=0,
+                    )
+                    done = done + more
+                commits: list[tuple[Unit, int, dict[str, Any]]] = []
+                for ref in done:
+                    unit, token, attempt = inflight.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:
+                        self._on_error(bf.id, s, unit, token, attempt, _unwrap(exc), delayed)
+                        continue
+                    if result.get("kind") == "not_ready":
+                        self._on_not_ready(
+                            bf.id, s, unit, token, result["sensor"], delayed, first_wait
+                        )
+                        continue
+                    commits.append((unit, token, result))
+                if commits:
+                    self._commit(bf.id, s, commits)
+        except BaseException:
+            hb.stop()
+            for ref in inflight:
+                ray.cancel(ref, force=True)
+            ledger.release_all(bf.id, "driver stopped by an error")
+            ledger.finish_backfill(bf.id, BackfillState.FAILED, {"error": "driver error"})
+            raise
+        hb.stop()
+        s.wall_s = time.time() - s.started_at
+        if any(o is Outcome.CANCELLED for o in s.outcomes.values()):
+            s.state = BackfillState.CANCELLED
+        elif any(o in (Outcome.FAILED, Outcome.BLOCKED) for o in s.outcomes.values()):
+            s.state = BackfillState.FAILED
+        else:
+            s.state = BackfillState.SUCCEEDED
+        ledger.finish_backfill(bf.id, s.state, s.to_dict())
+        self.progress("end", None, s.to_dict())
+        return s
+
+    # -- steps ------------------------------------------------------------------------------
+    def _reconcile(self, s: BackfillSummary) -> None:
+        """Roll forward commits whose publish a crash interrupted."""
+        rows = self.ledger.get_units(u.run_key for u in self.plan.units)
+        for u in self.plan.units:
+            row = rows.get(u.run_key)
+            if (
+                row is not None
+                and row.state is UnitState.DONE
+                and self.executor.reconcile(u, row.output)
+            ):
+                s.reconciled.append(u.run_key)
+
+    def _release_blocked(self, s: BackfillSummary, blocked: list[Unit], ready: deque[Unit]) -> None:
+        ok = (Outcome.DONE, Outcome.SKIPPED_DONE)
+        for unit in list(blocked):
+            deps = [s.outcomes.get(d) for d in unit.depends_on]
+            if all(d in ok for d in deps):
+                blocked.remove(unit)
+                ready.append(unit)
+            elif all(d is not None for d in deps):
+                blocked.remove(unit)
+                bad = [d for d in unit.depends_on if s.outcomes.get(d) not in ok]
+                s.outcomes[unit.run_key] = Outcome.BLOCKED
+                s.errors[unit.run_key] = f"upstream not done: {', '.join(bad[:5])}" + (
+                    " ..." if len(bad) > 5 else ""
+                )
+                self.progress("blocked", unit, {"upstream": bad})
+
+    def _claim_and_submit(
+        self,
+        bf_id: str,
+        s: BackfillSummary,
+        batch: list[Unit],
+        inflight: dict[Any, tuple[Unit, int, int]],
+        delayed: list[tuple[float, Unit, int | None]],
+        attempts: dict[str, int],
+        generation: dict[str, int],
+    ) -> None:
+        results = self.ledger.claim_many(
+            bf_id,
+            [u.run_key for u in batch],
+            reprocess=self.opt.reprocess,
+            lease_s=self.opt.lease_s,
+        )
+        for unit, res in zip(batch, results, strict=True):
+            if res.outcome is ClaimOutcome.GRANTED:
+                assert res.token is not None
+                attempts[unit.run_key] = attempts.get(unit.run_key, 0) + 1
+                ref = self.executor.submit(unit, res.token, generation.get(unit.run_key, 0))
+                inflight[ref] = (unit, res.token, attempts[unit.run_key])
+                self.progress("claimed", unit, {"token": res.token})
+            elif res.outcome is ClaimOutcome.ALREADY_DONE:
+                s.outcomes[unit.run_key] = Outcome.SKIPPED_DONE
+                self.progress("skipped", unit, {"why": "already done"})
+            elif res.outcome is ClaimOutcome.FAILED_BEFORE:
+                s.outcomes[unit.run_key] = Outcome.SKIPPED_FAILED
+                err = res.unit.last_error if res.unit else ""
+                s.errors[unit.run_key] = f"failed before (use --reprocess failed): {err}"
+                self.progress("skipped", unit, {"why": "failed before"})
+            else:
+                holder = res.unit.holder if res.unit else "?"
+                if self.opt.on_conflict is OnConflict.WAIT:
+                    delayed.append((time.time() + self.opt.conflict_poll_s, unit, None))
+                    self.progress("waiting", unit, {"held_by": holder})
+                elif self.opt.on_conflict is OnConflict.FAIL:
+                    s.outcomes[unit.run_key] = Outcome.FAILED
+                    s.errors[unit.run_key] = f"held by backfill {holder}"
+                    self.progress("failed", unit, {"error": s.errors[unit.run_key]})
+                else:
+                    s.outcomes[unit.run_key] = Outcome.SKIPPED_HELD
+                    s.errors[unit.run_key] = f"held by backfill {holder}"
+                    self.progress("skipped", unit, {"why": f"held by {holder}"})
+
+    def _commit(
+        self, bf_id: str, s: BackfillSummary, commits: list[tuple[Unit, int, dict[str, Any]]]
+    ) -> None:
+        errors = self.ledger.commit_many(bf_id, [(u.run_key, tok, res) for u, tok, res in commits])
+        for (unit, _, result), err in zip(commits, errors, strict=True):
+            if err is not None:
+                s.outcomes[unit.run_key] = Outcome.FAILED
+                s.errors[unit.run_key] = err.message
+                self.progress("failed", unit, {"error": err.message})
+                continue
+            # Crash point: the ledger has the commit; publish is rolled forward on resume.
+            self.executor.publish(unit, result)
+            s.outcomes[unit.run_key] = Outcome.DONE
+            s.results[unit.run_key] = result
+            self.progress("done", unit, {"result": result})
+
+    def _on_error(
+        self,
+        bf_id: str,
+        s: BackfillSummary,
+        unit: Unit,
+        token: int,
+        attempt: int,
+        exc: BaseException,
+        delayed: list[tuple[float, Unit, int | None]],
+    ) -> None:
+        msg = _describe(exc)
+        if _retryable(exc) and attempt <= self.opt.retries:
+            backoff = self.opt.retry_backoff_s * (2 ** (attempt - 1))
+            self.ledger.release(bf_id, unit.run_key, token, f"attempt {attempt}: {msg}")
+            delayed.append((time.time() + backoff, unit, None))
+            self.progress("retry", unit, {"error": msg, "attempt": attempt, "backoff_s": backoff})
+            return
+        self.ledger.fail(bf_id, unit.run_key, token, msg)
+        s.outcomes[unit.run_key] = Outcome.FAILED
+        s.errors[unit.run_key] = msg
+        self.progress("failed", unit, {"error": msg})
+
+    def _on_not_ready(
+        self,
+        bf_id: str,
+        s: BackfillSummary,
+        unit: Unit,
+        token: int,
+        sensor: dict[str, Any],
+        delayed: list[tuple[float, Unit, int | None]],
+        first_wait: dict[str, float],
+    ) -> None:
+        now = time.time()
+        started = first_wait.setdefault(unit.run_key, now)
+        reasons = "; ".join(r["message"] for r in sensor["reasons"])
+        if sensor["status"] == "PENDING" and now - started < self.opt.sensor_wait_timeout_s:
+            self.ledger.set_progress(unit.run_key, {"waiting_since": started, "sensor": sensor})
+            delayed.append((now + self.opt.sensor_poll_s, unit, token))
+            self.progress("waiting", unit, {"sensor": sensor["status"], "why": reasons})
+            return
+        verdict = (
+            "still PENDING after the wait timeout" if sensor["status"] == "PENDING" else "REJECTED"
+        )
+        err = DataNotReadyError(
+            f"input {sensor['partition']} {verdict}: {reasons}",
+            partition=sensor["partition"],
+            sensor=sensor,
+        )
+        self._on_error(bf_id, s, unit, token, self.opt.retries + 1, err, delayed)
+
+    def _cancel(
+        self,
+        s: BackfillSummary,
+        inflight: dict[Any, tuple[Unit, int, int]],
+        delayed: list[tuple[float, Unit, int | None]],
+        ready: deque[Unit],
+        blocked: list[Unit],
+    ) -> None:
+        import ray
+
+        for ref, (unit, _, _) in list(inflight.items()):
+            ray.cancel(ref, force=True)
+            s.outcomes[unit.run_key] = Outcome.CANCELLED
+        for unit in [*ready, *blocked, *(d[1] for d in delayed)]:
+            s.outcomes.setdefault(unit.run_key, Outcome.CANCELLED)
+        self.ledger.release_all(s.backfill_id, "backfill cancelled")
+        self.progress("cancelled", None, {})

@@ -1,0 +1,98 @@
+"""Executors: how the driver turns a claimed unit into Ray work and publishes its result.
+
+The driver only needs ``submit``, ``publish`` and ``reconcile``; the default executor runs
+feature units as Ray tasks and training units as Ray Train inside a zero-CPU Ray task. The
+no-op executor exists for the dispatch benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from rayorch.backfill.plan import Step, Unit
+from rayorch.backfill.work import run_feature_unit
+from rayorch.data import outputs
+from rayorch.data.layout import PartitionManifest, read_committed_manifest
+from rayorch.settings import Settings
+from rayorch.spec import PipelineSpec
+
+
+class UnitExecutor(Protocol):
+    def submit(self, unit: Unit, token: int, generation: int) -> Any:
+        """Start the unit's work; return a Ray ObjectRef resolving to a result dict."""
+
+    def publish(self, unit: Unit, result: dict[str, Any]) -> None:
+        """After the ledger accepted the commit: make the output live."""
+
+    def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
+        """Roll a committed-but-unpublished output forward. True when it acted."""
+
+
+def _train_task(req: Any) -> dict[str, Any]:
+    from rayorch.train.runner import run_train_unit
+
+    return run_train_unit(req)
+
+
+class RayExecutor:
+    """Feature units as Ray tasks; training units as Ray Train launched from a Ray task."""
+
+    def __init__(self, spec: PipelineSpec, settings: Settings) -> None:
+        import ray
+
+        self.ray = ray
+        self.spec = spec
+        self.settings = settings
+        self.source_root = settings.resolve(spec.source.path)
+        self.output_root = settings.resolve(spec.features.output)
+        self._spec_ref = ray.put(spec)
+        self._feature = ray.remote(max_retries=0)(run_feature_unit)
+        self._train = ray.remote(num_cpus=0, max_retries=0)(_train_task)
+
+    def submit(self, unit: Unit, token: int, generation: int) -> Any:
+        if unit.step is Step.FEATURES:
+            return self._feature.options(num_cpus=unit.cpus).remote(
+                self._spec_ref, self.source_root, self.output_root, unit, token, time.time()
+            )
+        from rayorch.train.runner import TrainRequest
+
+        req = TrainRequest(self.spec, self.settings, unit, token, generation)
+        return self._train.remote(req)
+
+    def publish(self, unit: Unit, result: dict[str, Any]) -> None:
+        if unit.step is Step.FEATURES:
+            manifest = PartitionManifest.from_dict(result["manifest"])
+            outputs.publish(self.output_root, unit.partition, manifest)
+
+    def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
+        if unit.step is not Step.FEATURES or not committed_output:
+            return False
+        want = PartitionManifest.from_dict(committed_output["manifest"])
+        live = read_committed_manifest(self.output_root, unit.partition)
+        if live is not None and (live.token or 0) >= (want.token or 0):
+            return False
+        outputs.publish(self.output_root, unit.partition, want)
+        return True
+
+
+def _noop(unit: Unit, token: int) -> dict[str, Any]:
+    return {"kind": "noop", "token": token}
+
+
+class NoopExecutor:
+    """Dispatches a no-op Ray task per unit (benchmarks measure pure orchestration cost)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self._task = ray.remote(num_cpus=1, max_retries=0)(_noop)
+
+    def submit(self, unit: Unit, token: int, generation: int) -> Any:
+        return self._task.remote(unit, token)
+
+    def publish(self, unit: Unit, result: dict[str, Any]) -> None:
+        return None
+
+    def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
+        return False

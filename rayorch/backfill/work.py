@@ -1,0 +1,95 @@
+"""The work of one unit, as plain functions the executor runs inside Ray tasks.
+
+A feature unit validates its raw partition with the sensor, reads exactly the validated files,
+calls the user's function at the user-code boundary and stages the output. It never commits:
+the driver does, fenced by the unit's token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayorch.backfill.plan import Unit
+from rayorch.data import outputs
+from rayorch.data.sensors import SensorPolicy, SensorStatus, evaluate, observe_partition
+from rayorch.partitions import PartitionKey
+from rayorch.spec import PipelineSpec
+from rayorch.userfn import load_entrypoint, user_code_boundary
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureContext:
+    """What a feature function may know about the unit it computes."""
+
+    pipeline: str
+    run_key: str
+    partition: dict[str, str]
+    day: dt.date
+    token: int
+
+
+def sensor_policy(spec: PipelineSpec) -> SensorPolicy:
+    return SensorPolicy(
+        freshness=spec.freshness,
+        schema=dict(spec.source.schema_),
+        unique_key=tuple(spec.source.unique_key),
+        sub_dim=spec.partitions.time.sub_partition,
+    )
+
+
+def check_partition(
+    spec: PipelineSpec, source_root: str, key: PartitionKey, day: dt.date, now: dt.datetime
+) -> Any:
+    """Observe and evaluate one raw partition (with trailing volumes when the policy asks)."""
+    policy = sensor_policy(spec)
+    trailing: list[int] = []
+    if spec.freshness.min_rows_ratio_to_median is not None:
+        lite = SensorPolicy(
+            policy.freshness.model_copy(update={"check_unique_keys": False}), {}, (), policy.sub_dim
+        )
+        for i in range(1, spec.freshness.trailing_days + 1):
+            d = day - dt.timedelta(days=i)
+            prev = observe_partition(
+                source_root, key.with_(**{spec.time_dim: d.isoformat()}), d, lite
+            )
+            if prev.exists:
+                trailing.append(prev.rows)
+    obs = observe_partition(source_root, key, day, policy, trailing)
+    return evaluate(policy, obs, now)
+
+
+def run_feature_unit(
+    spec: PipelineSpec, source_root: str, output_root: str, unit: Unit, token: int, now_ts: float
+) -> dict[str, Any]:
+    now = dt.datetime.fromtimestamp(now_ts, dt.timezone.utc)
+    result = check_partition(spec, source_root, unit.partition, unit.day, now)
+    if result.status is not SensorStatus.READY:
+        return {"kind": "not_ready", "sensor": result.to_dict()}
+    assert result.manifest is not None
+    files = [f.path for f in result.manifest.files]
+    raw = pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
+    fn = load_entrypoint(spec.features.entrypoint)
+    ctx = FeatureContext(spec.name, unit.run_key, unit.partition.as_dict(), unit.day, token)
+    with user_code_boundary(spec.features.entrypoint, partition=str(unit.partition)):
+        out = fn(ctx, raw)
+        if not isinstance(out, pa.Table):
+            raise TypeError(f"expected a pyarrow.Table, got {type(out).__name__}")
+    manifest = outputs.stage(
+        output_root,
+        unit.partition,
+        out,
+        run_key=unit.run_key,
+        token=token,
+        unique_key=list(spec.features.unique_key),
+    )
+    return {
+        "kind": "staged",
+        "manifest": manifest.to_dict(),
+        "input": result.manifest.to_dict(),
+        "rows": out.num_rows,
+    }

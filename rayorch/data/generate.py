@@ -1,0 +1,109 @@
+"""Deterministic example raw data in the public raw layout, with injectable faults.
+
+Faults exist so later guards can be shown to catch them: dropped hours, missing markers,
+empty hours (marker present, no rows), duplicated rows and a changed column type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayorch.data.layout import SUCCESS_MARKER, raw_hour_dir, raw_partition_dir
+from rayorch.errors import ConfigError
+from rayorch.partitions import PartitionKey, date_range, key_product
+from rayorch.spec import PipelineSpec
+from rayorch.userfn import load_entrypoint
+
+HourGenerator = Callable[[dict[str, str], dt.date, int, int, np.random.Generator], pa.Table]
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    drop_hours: tuple[int, ...] = ()
+    omit_marker_hours: tuple[int, ...] = ()
+    empty_hours: tuple[int, ...] = ()
+    duplicate_rows: int = 0
+    change_type: dict[str, str] = field(default_factory=dict)
+
+    def any(self) -> bool:
+        return bool(
+            self.drop_hours
+            or self.omit_marker_hours
+            or self.empty_hours
+            or self.duplicate_rows
+            or self.change_type
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateReport:
+    root: str
+    partitions: tuple[str, ...]
+    files: int
+    rows: int
+
+
+def _seed(base: int, key: PartitionKey, hour: int) -> int:
+    digest = hashlib.sha256(f"{base}|{key}|{hour}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def generate_raw(
+    spec: PipelineSpec,
+    root: str | Path,
+    start: str | dt.date,
+    end: str | dt.date,
+    keys: dict[str, list[str]] | None = None,
+    faults: Faults | None = None,
+) -> GenerateReport:
+    """Write raw hive partitions for every (key, day) in range; replaces existing partitions."""
+    if spec.source.example is None:
+        raise ConfigError(
+            f"pipeline {spec.name!r} has no source.example section; cannot generate data",
+            field="source.example",
+        )
+    faults = faults or Faults()
+    ex = spec.source.example
+    gen: HourGenerator = load_entrypoint(ex.generator)
+    selection = spec.select_keys(keys)
+    sub = spec.partitions.time.sub_partition
+    written: list[str] = []
+    n_files = n_rows = 0
+    for day in date_range(start, end):
+        for kv in key_product(selection):
+            key = PartitionKey.of(kv, **{spec.time_dim: day.isoformat()})
+            pdir = raw_partition_dir(root, key)
+            if pdir.exists():
+                shutil.rmtree(pdir)
+            for hour in range(spec.freshness.expected_sub_partitions):
+                if hour in faults.drop_hours:
+                    continue
+                hdir = raw_hour_dir(root, key, hour, sub)
+                hdir.mkdir(parents=True, exist_ok=True)
+                rng = np.random.default_rng(_seed(ex.seed, key, hour))
+                n = 0 if hour in faults.empty_hours else ex.rows_per_hour
+                table = gen(kv, day, hour, n, rng)
+                if faults.duplicate_rows and hour == 0 and table.num_rows:
+                    k = min(faults.duplicate_rows, table.num_rows)
+                    table = pa.concat_tables([table, table.slice(0, k)])
+                for col, typ in faults.change_type.items():
+                    i = table.schema.get_field_index(col)
+                    if i < 0:
+                        raise ConfigError(f"--change-type names unknown column {col!r}")
+                    table = table.set_column(i, col, table.column(i).cast(pa.type_for_alias(typ)))
+                pq.write_table(table, hdir / "part-0.parquet")
+                if hour not in faults.omit_marker_hours:
+                    (hdir / SUCCESS_MARKER).touch()
+                n_files += 1
+                n_rows += table.num_rows
+            written.append(str(key))
+    return GenerateReport(root=str(root), partitions=tuple(written), files=n_files, rows=n_rows)

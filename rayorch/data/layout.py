@@ -1,0 +1,143 @@
+"""The on-disk layouts: raw hive partitions (a public contract) and committed outputs.
+
+Raw: ``<source>/<key path>/hour=HH/part-*.parquet`` plus ``_SUCCESS`` per hour, where the key
+path is the canonical partition key (``city=SF/date=2026-10-01``).
+
+Committed outputs: ``<output>/<key path>/_manifest.json`` names the live files, which sit in
+``v<token>/`` beside it. Readers go through the manifest only, so a half-written version or a
+stray file is never read. Staging lives under ``<output>/_staging/`` and is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from rayorch.partitions import PartitionKey
+
+SUCCESS_MARKER = "_SUCCESS"
+MANIFEST_NAME = "_manifest.json"
+STAGING_DIR = "_staging"
+MANIFEST_VERSION = 1
+
+
+def hour_dirname(hour: int, sub_dim: str = "hour") -> str:
+    return f"{sub_dim}={hour:02d}"
+
+
+def raw_partition_dir(source_root: str | Path, key: PartitionKey) -> Path:
+    return Path(source_root) / key.path()
+
+
+def raw_hour_dir(
+    source_root: str | Path, key: PartitionKey, hour: int, sub_dim: str = "hour"
+) -> Path:
+    return raw_partition_dir(source_root, key) / hour_dirname(hour, sub_dim)
+
+
+def output_partition_dir(output_root: str | Path, key: PartitionKey) -> Path:
+    return Path(output_root) / key.path()
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One parquet file as seen from its footer: no data pages are read."""
+
+    path: str
+    size: int
+    rows: int
+    content_hash: str
+
+
+def parquet_file_entry(path: str | Path) -> FileEntry:
+    """Describe a parquet file from its size and footer.
+
+    The content hash is sha256 over the file size and the serialized footer, which holds every
+    column chunk's offsets, sizes and statistics: any rewrite of the data changes it, and it costs
+    one small read instead of a scan.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        if size < 12:
+            raise ValueError(f"{p}: too small to be parquet ({size} bytes)")
+        f.seek(size - 8)
+        tail = f.read(8)
+        if tail[4:] != b"PAR1":
+            raise ValueError(f"{p}: not a parquet file (no PAR1 footer magic)")
+        (footer_len,) = struct.unpack("<I", tail[:4])
+        f.seek(size - 8 - footer_len)
+        footer = f.read(footer_len)
+    meta = pq.read_metadata(p)
+    digest = hashlib.sha256(str(size).encode() + b"\0" + footer).hexdigest()
+    return FileEntry(path=str(p), size=size, rows=meta.num_rows, content_hash=digest)
+
+
+def combine_hashes(hashes: list[str]) -> str:
+    h = hashlib.sha256()
+    for x in sorted(hashes):
+        h.update(x.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionManifest:
+    """What a committed (or validated) partition consists of."""
+
+    partition: str
+    files: tuple[FileEntry, ...]
+    rows: int
+    content_hash: str
+    run_key: str | None = None
+    token: int | None = None
+    committed_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    @classmethod
+    def build(cls, partition: str, files: list[FileEntry], **kw: Any) -> PartitionManifest:
+        files_sorted = tuple(sorted(files, key=lambda f: f.path))
+        return cls(
+            partition=partition,
+            files=files_sorted,
+            rows=sum(f.rows for f in files_sorted),
+            content_hash=combine_hashes([f.content_hash for f in files_sorted]),
+            **kw,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["files"] = [asdict(f) for f in self.files]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PartitionManifest:
+        d = dict(d)
+        d["files"] = tuple(FileEntry(**f) for f in d["files"])
+        return cls(**d)
+
+
+def read_committed_manifest(output_root: str | Path, key: PartitionKey) -> PartitionManifest | None:
+    path = output_partition_dir(output_root, key) / MANIFEST_NAME
+    try:
+        return PartitionManifest.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename over the target."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

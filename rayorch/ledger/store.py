@@ -1,0 +1,659 @@
+"""The durable ledger: backfills, per-key claims with fencing tokens, fenced commits.
+
+Every claim and commit is one conditional UPDATE, so correctness rests on the database's
+row atomicity, not on any process being polite: under SQLite the write lock serializes them
+(transactions start ``BEGIN IMMEDIATE``), under PostgreSQL the row lock and READ COMMITTED
+re-check of the WHERE clause do. Tokens only grow per key; a commit is accepted only with the
+current token of a RUNNING claim.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from rayorch.errors import InfrastructureError, NotFoundError, StaleTokenError
+from rayorch.ledger.schema import (
+    LEDGER_SCHEMA_VERSION,
+    backfill_units,
+    backfills,
+    meta_table,
+    metadata,
+    unit_events,
+    units,
+)
+from rayorch.ledger.states import (
+    BackfillState,
+    Reprocess,
+    UnitState,
+    check_backfill,
+)
+
+DEFAULT_LEASE_S = 60.0
+
+
+class ClaimOutcome(str, enum.Enum):
+    GRANTED = "GRANTED"
+    ALREADY_DONE = "ALREADY_DONE"
+    FAILED_BEFORE = "FAILED_BEFORE"
+    HELD = "HELD"  # by another backfill whose lease is live
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRow:
+    run_key: str
+    step: str
+    partition: str
+    state: UnitState
+    token: int
+    holder: str | None
+    lease_until: float | None
+    attempts: int
+    last_error: str | None
+    committed_token: int | None
+    committed_at: float | None
+    committed_by: str | None
+    output: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    updated_at: float
+
+    def lease_live(self, now: float) -> bool:
+        return (
+            self.state is UnitState.RUNNING
+            and self.lease_until is not None
+            and self.lease_until > now
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    run_key: str
+    outcome: ClaimOutcome
+    token: int | None = None
+    unit: UnitRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSpec:
+    """What the ledger needs to know about a planned unit."""
+
+    run_key: str
+    pipeline: str
+    step: str
+    partition: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRow:
+    id: str
+    pipeline: str
+    params: dict[str, Any]
+    params_hash: str
+    config_fingerprint: str
+    state: BackfillState
+    owner: str
+    created_at: float
+    updated_at: float
+    heartbeat_at: float
+    cancel_requested: bool
+    summary: dict[str, Any] | None
+
+
+def _row_to_unit(r: Any) -> UnitRow:
+    return UnitRow(
+        run_key=r.run_key,
+        step=r.step,
+        partition=r.partition,
+        state=UnitState(r.state),
+        token=r.token,
+        holder=r.holder,
+        lease_until=r.lease_until,
+        attempts=r.attempts,
+        last_error=r.last_error,
+        committed_token=r.committed_token,
+        committed_at=r.committed_at,
+        committed_by=r.committed_by,
+        output=json.loads(r.output) if r.output else None,
+        progress=json.loads(r.progress) if r.progress else None,
+        updated_at=r.updated_at,
+    )
+
+
+def _row_to_backfill(r: Any) -> BackfillRow:
+    return BackfillRow(
+        id=r.id,
+        pipeline=r.pipeline,
+        params=json.loads(r.params),
+        params_hash=r.params_hash,
+        config_fingerprint=r.config_fingerprint,
+        state=BackfillState(r.state),
+        owner=r.owner,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        heartbeat_at=r.heartbeat_at,
+        cancel_requested=bool(r.cancel_requested),
+        summary=json.loads(r.summary) if r.summary else None,
+    )
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def driver_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Ledger:
+    """Durable state behind a narrow interface. SQLite by default; any SQLAlchemy URL works."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.url = url
+        self.clock = clock
+        self.engine = _make_engine(url)
+        self._init_schema()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _init_schema(self) -> None:
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+            with self.tx() as c:
+                found = c.execute(
+                    select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                ).scalar()
+                if found is None:
+                    c.execute(
+                        insert(meta_table).values(
+                            key="schema_version", value=str(LEDGER_SCHEMA_VERSION)
+                        )
+                    )
+                elif int(found) != LEDGER_SCHEMA_VERSION:
+                    raise InfrastructureError(
+                        f"ledger {self.url} has schema version {found}; this rayorch needs "
+                        f"{LEDGER_SCHEMA_VERSION}. Point RAYORCH_DB_URL at a new database.",
+                        url=self.url,
+                    )
+        except InfrastructureError:
+            raise
+        except Exception as e:
+            if "already exists" in str(e) or "UniqueViolation" in type(e).__name__:
+                return  # another process initialised it concurrently
+            raise InfrastructureError(
+                f"cannot open ledger at {self.url}: {e}. Check RAYORCH_DB_URL.", url=self.url
+            ) from e
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- backfills --------------------------------------------------------------------------
+    def start_backfill(
+        self,
+        pipeline: str,
+        params: dict[str, Any],
+        config_fingerprint: str,
+        planned: Sequence[UnitSpec],
+        *,
+        resume_id: str | None = None,
+        stale_after_s: float = DEFAULT_LEASE_S,
+    ) -> tuple[BackfillRow, bool]:
+        """Persist the backfill and its planned units before anything runs.
+
+        Returns (backfill, resumed). With ``resume_id`` that backfill is taken over; otherwise
+        an unfinished backfill with the same parameters whose driver stopped heart-beating is
+        resumed, and else a new one is created.
+        """
+        now = self.clock()
+        phash = params_hash(params)
+        owner = driver_identity()
+        with self.tx() as c:
+            row = None
+            if resume_id is not None:
+                row = c.execute(select(backfills).where(backfills.c.id == resume_id)).first()
+                if row is None:
+                    raise NotFoundError(f"no backfill {resume_id!r} in the ledger", id=resume_id)
+            else:
+                row = c.execute(
+                    select(backfills)
+                    .where(backfills.c.pipeline == pipeline)
+                    .where(backfills.c.params_hash == phash)
+                    .where(
+                        backfills.c.state.in_(
+                            [BackfillState.RUNNING.value, BackfillState.CREATED.value]
+                        )
+                    )
+                    .where(backfills.c.heartbeat_at < now - stale_after_s)
+                    .order_by(backfills.c.created_at.desc())
+                ).first()
+            resumed = row is not None
+            if row is not None:
+                bf_id = row.id
+                check_backfill(BackfillState(row.state), BackfillState.RUNNING, bf_id)
+                c.execute(
+                    update(backfills)
+                    .where(backfills.c.id == bf_id)
+                    .values(
+                        state=BackfillState.RUNNING.value,
+                        owner=owner,
+                        updated_at=now,
+                        heartbeat_at=now,
+                        cancel_requested=False,
+                        summary=None,
+                    )
+                )
+            else:
+                bf_id = (
+                    f"bf-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
+                )
+                c.execute(
+                    insert(backfills).values(
+                        id=bf_id,
+                        pipeline=pipeline,
+                        params_hash=phash,
+                        params=json.dumps(params, sort_keys=True),
+                        config_fingerprint=config_fingerprint,
+                        state=BackfillState.RUNNING.value,
+                        owner=owner,
+                        created_at=now,
+                        updated_at=now,
+                        heartbeat_at=now,
+                        cancel_requested=False,
+                    )
+                )
+            self._register_units(c, bf_id, planned, now)
+            out = c.execute(select(backfills).where(backfills.c.id == bf_id)).one()
+        return _row_to_backfill(out), resumed
+
+    def _register_units(
+        self, c: Connection, backfill_id: str, planned: Sequence[UnitSpec], now: float
+    ) -> None:
+        if not planned:
+            return
+        known = set()
+        keys = [u.run_key for u in planned]
+        for chunk in _chunks(keys, 500):
+            known.update(
+                c.execute(select(units.c.run_key).where(units.c.run_key.in_(chunk))).scalars()
+            )
+        new = [
+            {
+                "run_key": u.run_key,
+                "pipeline": u.pipeline,
+                "step": u.step,
+                "partition": u.partition,
+                "state": UnitState.PENDING.value,
+                "token": 0,
+                "attempts": 0,
+                "updated_at": now,
+            }
+            for u in planned
+            if u.run_key not in known
+        ]
+        if new:
+            c.execute(_insert_ignore(self.engine, units), new)
+        linked = set(
+            c.execute(
+                select(backfill_units.c.run_key).where(backfill_units.c.backfill_id == backfill_id)
+            ).scalars()
+        )
+        links = [
+            {"backfill_id": backfill_id, "run_key": u.run_key, "position": i}
+            for i, u in enumerate(planned)
+            if u.run_key not in linked
+        ]
+        if links:
+            c.execute(_insert_ignore(self.engine, backfill_units), links)
+
+    def get_backfill(self, backfill_id: str) -> BackfillRow:
+        with self.engine.connect() as c:
+            row = c.execute(select(backfills).where(backfills.c.id == backfill_id)).first()
+        if row is None:
+            raise NotFoundError(
+                f"no backfill {backfill_id!r} in the ledger ({self.url}); "
+                "`rayorch status` lists backfills",
+                id=backfill_id,
+            )
+        return _row_to_backfill(row)
+
+    def list_backfills(self, pipeline: str | None = None, limit: int = 20) -> list[BackfillRow]:
+        q = select(backfills).order_by(backfills.c.created_at.desc()).limit(limit)
+        if pipeline:
+            q = q.where(backfills.c.pipeline == pipeline)
+        with self.engine.connect() as c:
+            return [_row_to_backfill(r) for r in c.execute(q)]
+
+    def finish_backfill(
+        self, backfill_id: str, state: BackfillState, summary: dict[str, Any]
+    ) -> None:
+        now = self.clock()
+        with self.tx() as c:
+            cur = c.execute(select(backfills.c.state).where(backfills.c.id == backfill_id)).scalar()
+            check_backfill(BackfillState(cur), state, backfill_id)
+            c.execute(
+                update(backfills)
+                .where(backfills.c.id == backfill_id)
+                .values(state=state.value, updated_at=now, summary=json.dumps(summary))
+            )
+
+    def request_cancel(self, backfill_id: str) -> BackfillRow:
+        bf = self.get_backfill(backfill_id)
+        now = self.clock()
+        with self.tx() as c:
+            if bf.state.is_terminal:
+                return bf
+            alive = bf.heartbeat_at > now - DEFAULT_LEASE_S
+            values: dict[str, Any] = {"cancel_requested": True, "updated_at": now}
+            if not alive:  # nobody will act on the flag: cancel here and free its claims
+                values["state"] = BackfillState.CANCELLED.value
+                self._release_all(c, backfill_id, now, "cancelled while its driver was down")
+            c.execute(update(backfills).where(backfills.c.id == backfill_id).values(**values))
+        return self.get_backfill(backfill_id)
+
+    def heartbeat(self, backfill_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Extend this backfill's leases. Returns True when cancellation was requested."""
+        now = self.clock()
+        with self.tx() as c:
+            c.execute(
+                update(units)
+                .where(units.c.holder == backfill_id)
+                .where(units.c.state == UnitState.RUNNING.value)
+                .values(lease_until=now + lease_s)
+            )
+            c.execute(
+                update(backfills).where(backfills.c.id == backfill_id).values(heartbeat_at=now)
+            )
+            flag = c.execute(
+                select(backfills.c.cancel_requested).where(backfills.c.id == backfill_id)
+            ).scalar()
+        return bool(flag)
+
+    def backfill_run_keys(self, backfill_id: str) -> list[str]:
+        with self.engine.connect() as c:
+            return list(
+                c.execute(
+                    select(backfill_units.c.run_key)
+                    .where(backfill_units.c.backfill_id == backfill_id)
+                    .order_by(backfill_units.c.position)
+                ).scalars()
+            )
+
+    # -- units ------------------------------------------------------------------------------
+    def get_units(self, run_keys: Iterable[str]) -> dict[str, UnitRow]:
+        out: dict[str, UnitRow] = {}
+        with self.engine.connect() as c:
+            for chunk in _chunks(list(run_keys), 500):
+                for r in c.execute(select(units).where(units.c.run_key.in_(chunk))):
+                    out[r.run_key] = _row_to_unit(r)
+        return out
+
+    def unit_counts(self, backfill_id: str) -> dict[str, int]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(units.c.state, func.count())
+                .select_from(
+                    units.join(backfill_units, units.c.run_key == backfill_units.c.run_key)
+                )
+                .where(backfill_units.c.backfill_id == backfill_id)
+                .group_by(units.c.state)
+            ).all()
+        return {s.value: 0 for s in UnitState} | {state: n for state, n in rows}
+
+    def claim_many(
+        self,
+        backfill_id: str,
+        run_keys: Sequence[str],
+        *,
+        reprocess: Reprocess = Reprocess.MISSING,
+        lease_s: float = DEFAULT_LEASE_S,
+        retry: bool = False,
+    ) -> list[ClaimResult]:
+        """Claim each key with one conditional UPDATE; all in one transaction.
+
+        A key is granted when its state is claimable under ``reprocess`` and nobody else holds
+        a live lease. ``retry`` lets this backfill re-claim its own RUNNING unit (a retry).
+        The new token is the old one plus one: tokens only grow.
+        """
+        now = self.clock()
+        claimable = [s.value for s in reprocess.claimable()]
+        results: list[ClaimResult] = []
+        with self.tx() as c:
+            for key in run_keys:
+                free = (units.c.state != UnitState.RUNNING.value) | (units.c.lease_until < now)
+                if retry:
+                    free = free | (units.c.holder == backfill_id)
+                res = c.execute(
+                    update(units)
+                    .where(units.c.run_key == key)
+                    .where(units.c.state.in_(claimable))
+                    .where(free)
+                    .values(
+                        state=UnitState.RUNNING.value,
+                        token=units.c.token + 1,
+                        holder=backfill_id,
+                        lease_until=now + lease_s,
+                        attempts=units.c.attempts + 1,
+                        updated_at=now,
+                    )
+                    .returning(units.c.token)
+                )
+                token = res.scalar()
+                if token is not None:
+                    self._event(c, key, backfill_id, "CLAIM", token, now)
+                    results.append(ClaimResult(key, ClaimOutcome.GRANTED, token))
+                    continue
+                row = c.execute(select(units).where(units.c.run_key == key)).first()
+                if row is None:
+                    raise NotFoundError(
+                        f"unit {key!r} is not registered in the ledger", run_key=key
+                    )
+                unit = _row_to_unit(row)
+                if unit.state is UnitState.DONE:
+                    outcome = ClaimOutcome.ALREADY_DONE
+                elif unit.state is UnitState.FAILED:
+                    outcome = ClaimOutcome.FAILED_BEFORE
+                else:
+                    outcome = ClaimOutcome.HELD
+                results.append(ClaimResult(key, outcome, None, unit))
+        return results
+
+    def commit_many(
+        self, backfill_id: str, commits: Sequence[tuple[str, int, dict[str, Any]]]
+    ) -> list[StaleTokenError | None]:
+        """Fenced commits: each accepted only if its token is still the key's current one."""
+        now = self.clock()
+        out: list[StaleTokenError | None] = []
+        with self.tx() as c:
+            for key, token, output in commits:
+                res = c.execute(
+                    update(units)
+                    .where(units.c.run_key == key)
+                    .where(units.c.token == token)
+                    .where(units.c.state == UnitState.RUNNING.value)
+                    .values(
+                        state=UnitState.DONE.value,
+                        committed_token=token,
+                        committed_at=now,
+                        committed_by=backfill_id,
+                        holder=None,
+                        lease_until=None,
+                        last_error=None,
+                        output=json.dumps(output, sort_keys=True),
+                        updated_at=now,
+                    )
+                )
+                if res.rowcount == 1:
+                    self._event(c, key, backfill_id, "COMMIT", token, now)
+                    out.append(None)
+                    continue
+                cur = c.execute(
+                    select(units.c.token, units.c.state, units.c.holder).where(
+                        units.c.run_key == key
+                    )
+                ).first()
+                current = cur.token if cur else None
+                out.append(
+                    StaleTokenError(
+                        f"commit of {key} with token {token} refused: current token is {current} "
+                        f"(state {cur.state if cur else 'unknown'}, held by {cur.holder if cur else None})",
+                        run_key=key,
+                        token=token,
+                        current_token=current,
+                    )
+                )
+        return out
+
+    def commit(self, backfill_id: str, run_key: str, token: int, output: dict[str, Any]) -> None:
+        err = self.commit_many(backfill_id, [(run_key, token, output)])[0]
+        if err is not None:
+            raise err
+
+    def fail(self, backfill_id: str, run_key: str, token: int, error: str) -> bool:
+        return self._end_claim(backfill_id, run_key, token, UnitState.FAILED, "FAIL", error)
+
+    def release(self, backfill_id: str, run_key: str, token: int, why: str = "") -> bool:
+        return self._end_claim(backfill_id, run_key, token, UnitState.PENDING, "RELEASE", why)
+
+    def _end_claim(
+        self, backfill_id: str, run_key: str, token: int, dst: UnitState, ev: str, detail: str
+    ) -> bool:
+        now = self.clock()
+        values: dict[str, Any] = {
+            "state": dst.value,
+            "holder": None,
+            "lease_until": None,
+            "updated_at": now,
+        }
+        if dst is UnitState.FAILED:
+            values["last_error"] = detail
+        with self.tx() as c:
+            res = c.execute(
+                update(units)
+                .where(units.c.run_key == run_key)
+                .where(units.c.token == token)
+                .where(units.c.state == UnitState.RUNNING.value)
+                .values(**values)
+            )
+            if res.rowcount == 1:
+                self._event(c, run_key, backfill_id, ev, token, now, detail)
+            return res.rowcount == 1
+
+    def _release_all(self, c: Connection, backfill_id: str, now: float, why: str) -> None:
+        held = c.execute(
+            select(units.c.run_key, units.c.token)
+            .where(units.c.holder == backfill_id)
+            .where(units.c.state == UnitState.RUNNING.value)
+        ).all()
+        for key, token in held:
+            c.execute(
+                update(units)
+                .where(units.c.run_key == key)
+                .where(units.c.token == token)
+                .values(
+                    state=UnitState.PENDING.value, holder=None, lease_until=None, updated_at=now
+                )
+            )
+            self._event(c, key, backfill_id, "RELEASE", token, now, why)
+
+    def release_all(self, backfill_id: str, why: str) -> None:
+        with self.tx() as c:
+            self._release_all(c, backfill_id, self.clock(), why)
+
+    def set_progress(self, run_key: str, progress: dict[str, Any]) -> None:
+        with self.tx() as c:
+            c.execute(
+                update(units)
+                .where(units.c.run_key == run_key)
+                .values(progress=json.dumps(progress, sort_keys=True))
+            )
+
+    def events(
+        self, run_key: str | None = None, event_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        q = select(unit_events).order_by(unit_events.c.id)
+        if run_key:
+            q = q.where(unit_events.c.run_key == run_key)
+        if event_name:
+            q = q.where(unit_events.c.event == event_name)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def _event(
+        self,
+        c: Connection,
+        run_key: str,
+        backfill_id: str | None,
+        ev: str,
+        token: int | None,
+        now: float,
+        detail: str | None = None,
+    ) -> None:
+        c.execute(
+            insert(unit_events).values(
+                run_key=run_key,
+                backfill_id=backfill_id,
+                event=ev,
+                token=token,
+                at=now,
+                detail=detail,
+            )
+        )
+
+
+def _chunks(seq: Sequence[str], n: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _insert_ignore(engine: Engine, table: Any) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            # Take the write lock up front: read-then-write inside one transaction never
+            # deadlocks on lock upgrade, and conditional updates are serialized.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return create_engine(url, pool_pre_ping=True)

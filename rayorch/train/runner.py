@@ -1,0 +1,174 @@
+"""Run one training unit with Ray Train over a validated manifest, tracked in MLflow.
+
+Called inside a Ray task by the executor. The Ray Train run is named from the unit's run key
+and generation, so a resumed unit (new driver, retried job attempt) continues from its newest
+registered checkpoint, and the MLflow run is found again by tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rayorch.backfill.plan import Unit
+from rayorch.data.outputs import read_manifests
+from rayorch.errors import DataNotReadyError
+from rayorch.lineage.tracking import TAG_DATASET_DIGEST, Tracker, dataset_digest
+from rayorch.settings import Settings
+from rayorch.spec import PipelineSpec
+from rayorch.train.session import MODEL_FILE
+from rayorch.userfn import load_entrypoint
+
+
+@dataclass(frozen=True, slots=True)
+class TrainRequest:
+    spec: PipelineSpec
+    settings: Settings
+    unit: Unit
+    token: int
+    generation: int  # commits of this unit so far; a re-run after DONE is a new generation
+
+
+def train_run_name(run_key: str, generation: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_key)[:80]
+    digest = hashlib.sha256(run_key.encode()).hexdigest()[:10]
+    return f"{safe}-{digest}-g{generation}"
+
+
+def collect_inputs(spec: PipelineSpec, settings: Settings, unit: Unit) -> list[Any]:
+    """Committed feature manifests of the window; refuse a window with missing partitions."""
+    output_root = settings.resolve(spec.features.output)
+    manifests, missing = read_manifests(output_root, unit.inputs)
+    assert spec.train is not None
+    needed = spec.freshness.min_ready_fraction
+    have = len(manifests) / max(len(unit.inputs), 1)
+    if missing and have < needed:
+        raise DataNotReadyError(
+            f"{unit.run_key}: {len(missing)} of {len(unit.inputs)} feature partitions in the "
+            f"training window are not committed: {', '.join(missing[:8])}"
+            + (" ..." if len(missing) > 8 else "")
+            + f" (freshness.min_ready_fraction={needed})",
+            run_key=unit.run_key,
+            missing=missing,
+        )
+    return manifests
+
+
+def run_train_unit(req: TrainRequest) -> dict[str, Any]:
+    import ray.data
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    spec, settings, unit = req.spec, req.settings, req.unit
+    tspec = spec.train
+    assert tspec is not None
+    manifests = collect_inputs(spec, settings, unit)
+    digest = dataset_digest(manifests)
+    files = [f.path for m in manifests for f in m.files]
+    tracker = Tracker(settings.mlflow_uri, artifact_root=str(settings.home / "mlartifacts"))
+    params = {
+        "run_key": unit.run_key,
+        "as_of": unit.day.isoformat(),
+        "window_days": tspec.window_days,
+        "epochs": tspec.epochs,
+        "batch_size": tspec.batch_size,
+        "learning_rate": tspec.learning_rate,
+        "num_workers": tspec.scaling.num_workers,
+        "partitions": len(manifests),
+        "rows": sum(m.rows for m in manifests),
+        "config_fingerprint": spec.fingerprint(),
+    }
+    run_id, resumed = tracker.start_or_resume(
+        f"rayorch/{spec.name}",
+        unit.run_key,
+        req.generation,
+        params,
+        {"rayorch.pipeline": spec.name, "rayorch.token": str(req.token)},
+    )
+    if not resumed:
+        tracker.log_dataset(run_id, f"{spec.name}-features", manifests, digest)
+    columns = [*tspec.feature_columns, tspec.label]
+    ds = ray.data.read_parquet(files, columns=columns)
+    train_ds, val_ds = ds.train_test_split(
+        test_size=tspec.validation_fraction, shuffle=True, seed=tspec.seed
+    )
+    storage = settings.resolve(tspec.checkpoint.storage_path)
+    if "://" not in storage:
+        os.makedirs(storage, exist_ok=True)
+    sc = tspec.scaling
+    resources = {"CPU": sc.cpus_per_worker}
+    if sc.gpus_per_worker:
+        resources["GPU"] = sc.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker=load_entrypoint(tspec.entrypoint),
+        train_loop_config={
+            "rayorch": {
+                "run_key": unit.run_key,
+                "mlflow_uri": settings.mlflow_uri,
+                "mlflow_run_id": run_id,
+                "feature_columns": list(tspec.feature_columns),
+                "label": tspec.label,
+                "epochs": tspec.epochs,
+                "batch_size": tspec.batch_size,
+                "learning_rate": tspec.learning_rate,
+                "seed": tspec.seed,
+                "checkpoint_every": tspec.checkpoint.every_epochs,
+            },
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=train_run_name(unit.run_key, req.generation),
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=tspec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tspec.checkpoint.num_to_keep),
+        ),
+        datasets={"train": train_ds, "val": val_ds},
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracker.finish(run_id, "FAILED")
+        raise
+    if result.checkpoint is None:
+        tracker.finish(run_id, "FAILED")
+        raise RuntimeError(f"{unit.run_key}: training produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        model = torch.load(os.path.join(d, MODEL_FILE), weights_only=False)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    version = None
+    artifact_digest = None
+    if spec.registry is not None:
+        version, artifact_digest = tracker.register_model(
+            run_id,
+            model,
+            spec.registry.model_name,
+            {"rayorch.run_key": unit.run_key, TAG_DATASET_DIGEST: digest},
+            input_example=_input_example(files[0], list(tspec.feature_columns)),
+        )
+    tracker.finish(run_id)
+    return {
+        "kind": "trained",
+        "mlflow_run_id": run_id,
+        "model_name": spec.registry.model_name if spec.registry else None,
+        "model_version": version,
+        "artifact_digest": artifact_digest,
+        "dataset_digest": digest,
+        "metrics": metrics,
+        "checkpoint": result.checkpoint.path,
+        "inputs": [m.partition for m in manifests],
+    }
+
+
+def _input_example(path: str, columns: list[str]) -> Any:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=columns).slice(0, 2)
+    return np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float32)
