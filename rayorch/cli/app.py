@@ -1,0 +1,31 @@
+"""The `rayorch` command: thin, noun-verb, over the Python API."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from rayorch.cli import backfill, data, demo, sensors
+
+app = typer.Typer(
+    help="rayorch: a training orchestrator on Ray (backfills, sensors, training, registry).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo.demo)
+app.command("plan")(backfill.plan_cmd)
+app.command("status")(backfill.status_cmd)
+app.add_typer(backfill.backfill_app, name="backfill")
+app.add_typer(data.app, name="data")
+app.add_typer(sensors.app, name="sensors")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("RAYORCH_LOG_LEVEL", "WARNING"))
+    app()
+
+
+if __name__ == "__main__":
+    main()

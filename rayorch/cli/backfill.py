@@ -1,0 +1,234 @@
+"""`rayorch plan`, `rayorch backfill`, `rayorch backfill cancel`, `rayorch status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rayorch.api import open_ledger, plan_with_status, run_backfill
+from rayorch.backfill.driver import BackfillSummary, OnConflict
+from rayorch.backfill.plan import Unit
+from rayorch.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    KeysOpt,
+    cli_errors,
+    console,
+    emit_json,
+    keys_arg,
+    out,
+)
+from rayorch.errors import ConfigError
+from rayorch.ledger.states import Reprocess
+
+StepsOpt = typer.Option(None, "--steps", help="Comma list of steps: features,train (default both).")
+ReprocessOpt = typer.Option(
+    Reprocess.MISSING, "--reprocess", help="missing: new units; failed: also failed; all: everything."
+)
+
+
+def plan_cmd(
+    config: str = ConfigOpt,
+    start: str = typer.Option(..., "--start"),
+    end: str = typer.Option(..., "--end"),
+    keys: str | None = KeysOpt,
+    steps: str | None = StepsOpt,
+    reprocess: Reprocess = ReprocessOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print the units a backfill would run, with run keys and what the ledger knows."""
+    with cli_errors(as_json):
+        plan, annotated = plan_with_status(config, start, end, keys_arg(keys), steps, reprocess)
+        if as_json:
+            d = plan.to_dict()
+            d["units"] = [a.to_dict() for a in annotated]
+            d["status_counts"] = _count(a.status.value for a in annotated)
+            emit_json(d)
+            return
+        table = Table(title=f"plan: {plan.pipeline} {plan.start} .. {plan.end}")
+        for col in ("step", "partition", "run key", "status", "detail"):
+            table.add_column(col, overflow="fold")
+        for a in annotated:
+            table.add_row(a.unit.step.value, str(a.unit.partition), a.unit.run_key,
+                          a.status.value, a.detail)
+        out.print(table)
+        counts = _count(a.status.value for a in annotated)
+        out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def _count(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for x in items:
+        counts[x] = counts.get(x, 0) + 1
+    return counts
+
+
+backfill_app = typer.Typer(help="Run, resume or cancel backfills.", invoke_without_command=True)
+
+
+@backfill_app.callback()
+def backfill(
+    ctx: typer.Context,
+    config: str | None = typer.Option(None, "--config", "-c", help="Pipeline YAML."),
+    start: str | None = typer.Option(None, "--start", help="First day, inclusive."),
+    end: str | None = typer.Option(None, "--end", help="Last day, inclusive."),
+    keys: str | None = KeysOpt,
+    steps: str | None = StepsOpt,
+    max_concurrency: int | None = typer.Option(None, help="Units in flight at once."),
+    reprocess: Reprocess = ReprocessOpt,
+    on_conflict: OnConflict = typer.Option(
+        OnConflict.SKIP, "--on-conflict", help="Units held by another backfill: skip|wait|fail."
+    ),
+    resume: str | None = typer.Option(None, "--resume", help="Resume backfill ID."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; run nothing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Plan and run a backfill over --start..--end x --keys on Ray (re-runs skip done units)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with cli_errors(as_json):
+        if config is None:
+            raise ConfigError("--config is required (e.g. --config configs/fraud.yaml)")
+        if resume is None and (start is None or end is None):
+            raise ConfigError("--start and --end are required unless --resume ID is given")
+        if dry_run:
+            assert start and end
+            plan_cmd(config, start, end, keys, steps, reprocess, as_json)
+            return
+        summary = _run_with_progress(
+            as_json,
+            config=config, start=start, end=end, keys=keys_arg(keys), steps=steps,
+            max_concurrency=max_concurrency, reprocess=reprocess, on_conflict=on_conflict,
+            resume_id=resume,
+        )
+        _print_summary(summary, as_json)
+        if summary.failed or summary.state.value != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+        console=console, disable=as_json, transient=False,
+    )
+    task_ids: dict[str, Any] = {}
+
+    def on_event(event: str, unit: Unit | None, detail: dict[str, Any]) -> None:
+        if event == "start":
+            task_ids["all"] = progress.add_task(detail["backfill_id"], total=detail["units"],
+                                                detail="")
+            if detail.get("resumed"):
+                console.print(f"resuming backfill {detail['backfill_id']}")
+        elif unit is not None and event in ("done", "skipped", "failed", "blocked"):
+            progress.update(task_ids["all"], advance=1,
+                            detail=f"{event}: {unit.run_key}"[:70])
+            if event == "failed" and not as_json:
+                console.print(f"[red]failed[/] {unit.run_key}: {detail.get('error', '')}",
+                              highlight=False)
+        elif unit is not None and event in ("waiting", "retry"):
+            progress.update(task_ids["all"], detail=f"{event}: {unit.run_key}"[:70])
+
+    kwargs["progress"] = on_event
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _term(signum: int, frame: Any) -> None:  # the driver releases its claims on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        with progress:
+            return run_backfill(**kwargs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(s: BackfillSummary, as_json: bool) -> None:
+    if as_json:
+        emit_json(s.to_dict())
+        return
+    c = s.counts()
+    color = "green" if s.state.value == "SUCCEEDED" else "red"
+    out.print(f"backfill {s.backfill_id}: [{color}]{s.state.value}[/] in {s.wall_s:.1f}s")
+    out.print("  " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if v))
+    for k in s.failed:
+        out.print(f"  [red]failed[/] {k}: {s.errors.get(k, '')}", highlight=False)
+    for t in s.to_dict()["trained"]:
+        out.print(f"  trained {t['run_key']}: mlflow run {t['mlflow_run_id']}, "
+                  f"model {t['model_name']} v{t['model_version']}, metrics {t['metrics']}")
+
+
+@backfill_app.command("cancel")
+def cancel(backfill_id: str, as_json: bool = JsonOpt) -> None:
+    """Ask a backfill to stop: its driver releases claims at the next safe point."""
+    with cli_errors(as_json):
+        ledger = open_ledger()
+        bf = ledger.request_cancel(backfill_id)
+        if as_json:
+            emit_json({"backfill_id": bf.id, "state": bf.state.value,
+                       "cancel_requested": bf.cancel_requested})
+        else:
+            out.print(f"backfill {bf.id}: cancel requested (state {bf.state.value})")
+
+
+def _ts(t: float | None) -> str:
+    if t is None:
+        return ""
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_cmd(
+    backfill_id: str | None = typer.Option(None, "--backfill", "-b", help="Show one backfill."),
+    pipeline: str | None = typer.Option(None, "--pipeline", help="Only this pipeline."),
+    limit: int = typer.Option(20, help="Backfills to list."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Backfills and their unit counts by state (or one backfill's units)."""
+    with cli_errors(as_json):
+        ledger = open_ledger()
+        if backfill_id:
+            bf = ledger.get_backfill(backfill_id)
+            rows = ledger.get_units(ledger.backfill_run_keys(bf.id))
+            units = [
+                {"run_key": r.run_key, "state": r.state.value, "token": r.token,
+                 "holder": r.holder, "attempts": r.attempts, "error": r.last_error,
+                 "committed_at": _ts(r.committed_at), "progress": r.progress}
+                for r in rows.values()
+            ]
+            data = {"backfill": _bf_dict(bf, ledger.unit_counts(bf.id)), "units": units}
+            if as_json:
+                emit_json(data)
+                return
+            table = Table(title=f"backfill {bf.id} ({bf.state.value})")
+            for col in ("run key", "state", "token", "attempts", "committed", "error/progress"):
+                table.add_column(col, overflow="fold")
+            for u in units:
+                extra = u["error"] or (str(u["progress"]) if u["progress"] else "")
+                table.add_row(u["run_key"], u["state"], str(u["token"]), str(u["attempts"]),
+                              u["committed_at"], extra[:120])
+            out.print(table)
+            return
+        bfs = ledger.list_backfills(pipeline, limit)
+        data = [_bf_dict(b, ledger.unit_counts(b.id)) for b in bfs]
+        if as_json:
+            emit_json({"ledger": ledger.url, "backfills": data})
+            return
+        table = Table(title=f"backfills in {ledger.url}")
+        for col in ("id", "pipeline", "state", "window", "units by state", "updated"):
+            table.add_column(col, overflow="fold")
+        for b in data:
+            counts = ", ".join(f"{k.lower()} {v}" for k, v in b["units"].items() if v)
+            table.add_row(b["id"], b["pipeline"], b["state"],
+                          f"{b['params']['start']}..{b['params']['end']}", counts, b["updated"])
+        out.print(table)
+
+
+def _bf_dict(b: Any, counts: dict[str, int]) -> dict[str, Any]:
+    return {"id": b.id, "pipeline": b.pipeline, "state": b.state.value, "params": b.params,
+            "owner": b.owner, "created": _ts(b.created_at), "updated": _ts(b.updated_at),
+            "cancel_requested": b.cancel_requested, "units": counts}

@@ -1,0 +1,74 @@
+"""Shared fixtures: one local Ray per test session, a fresh RAYORCH_HOME per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.pop("RAY_ADDRESS", None)  # never attach to someone's `ray start` cluster
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A private local Ray with more logical CPUs than workers (Train + Data on 2 cores)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An isolated RAYORCH_HOME with SQLite ledger and MLflow."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("RAYORCH_HOME", str(h))
+    monkeypatch.delenv("RAYORCH_DB_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
+
+
+@pytest.fixture()
+def settings(home):
+    from rayorch.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture()
+def fraud_spec():
+    from rayorch.spec import load_pipeline
+
+    return load_pipeline(CONFIGS / "fraud.yaml")
+
+
+def pg_url() -> str | None:
+    return os.environ.get("RAYORCH_TEST_PG_URL")
+
+
+@pytest.fixture()
+def pg_ledger_url():
+    """A fresh PostgreSQL schema-less database per test (tables dropped before use)."""
+    url = pg_url()
+    if not url:
+        pytest.skip("RAYORCH_TEST_PG_URL not set: PostgreSQL tests need a server (CI sets it)")
+    from sqlalchemy import create_engine
+
+    from rayorch.ledger.schema import metadata
+
+    eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    metadata.drop_all(eng)
+    eng.dispose()
+    return url
+
+
+sys.path.insert(0, str(REPO))
