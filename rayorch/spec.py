@@ -158,8 +158,43 @@ class TrainSpec(_Frozen):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
 
 
+class MetricGate(_Frozen):
+    """A threshold on one metric of the model version's run (latest logged value)."""
+
+    metric: str = Field(description="Metric name on the version's MLflow run, e.g. val_auc.")
+    min: float | None = Field(None, description="Reject when the metric is below this.")
+    max: float | None = Field(None, description="Reject when the metric is above this.")
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricGate:
+        if self.min is None and self.max is None:
+            raise ValueError(f"metric gate {self.metric!r} needs min or max")
+        return self
+
+
+class GatesSpec(_Frozen):
+    """What a model version must show before an alias may point at it."""
+
+    metrics: list[MetricGate] = Field(
+        default_factory=list, description="Metric thresholds, e.g. [{metric: val_auc, min: 0.8}]."
+    )
+    max_loss_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="Reject when val_loss / train_loss exceeds this (train 0.3 vs val 2.1 is 7).",
+    )
+    train_loss_metric: str = Field("train_loss", description="Run metric holding training loss.")
+    val_loss_metric: str = Field("val_loss", description="Run metric holding validation loss.")
+    require_validated_data: bool = Field(
+        True, description="Reject versions whose run has no validated training dataset input."
+    )
+
+
 class RegistrySpec(_Frozen):
     model_name: str = Field(description="Registered model name in MLflow.")
+    gates: GatesSpec = Field(
+        default_factory=GatesSpec, description="Promotion gates every alias move must pass."
+    )
 
 
 class PipelineSpec(_Frozen):

@@ -24,6 +24,7 @@ from rayorch.errors import (
     DataNotReadyError,
     RayorchError,
 )
+from rayorch.faults import crash_point
 from rayorch.ledger.states import BackfillState, Reprocess, UnitState
 from rayorch.ledger.store import DEFAULT_LEASE_S, ClaimOutcome, Ledger, UnitSpec
 
@@ -250,6 +251,7 @@ class BackfillDriver:
                         continue
                     commits.append((unit, token, result))
                 if commits:
+                    crash_point("after_stage")
                     self._commit(bf.id, s, commits)
         except BaseException:
             hb.stop()
@@ -355,7 +357,9 @@ class BackfillDriver:
                 self.progress("failed", unit, {"error": err.message})
                 continue
             # Crash point: the ledger has the commit; publish is rolled forward on resume.
+            crash_point("after_commit")
             self.executor.publish(unit, result)
+            crash_point("after_publish")
             s.outcomes[unit.run_key] = Outcome.DONE
             s.results[unit.run_key] = result
             self.progress("done", unit, {"result": result})

@@ -28,7 +28,9 @@ from rayorch.ledger.states import Reprocess
 
 StepsOpt = typer.Option(None, "--steps", help="Comma list of steps: features,train (default both).")
 ReprocessOpt = typer.Option(
-    Reprocess.MISSING, "--reprocess", help="missing: new units; failed: also failed; all: everything."
+    Reprocess.MISSING,
+    "--reprocess",
+    help="missing: new units; failed: also failed; all: everything.",
 )
 
 
@@ -54,8 +56,9 @@ def plan_cmd(
         for col in ("step", "partition", "run key", "status", "detail"):
             table.add_column(col, overflow="fold")
         for a in annotated:
-            table.add_row(a.unit.step.value, str(a.unit.partition), a.unit.run_key,
-                          a.status.value, a.detail)
+            table.add_row(
+                a.unit.step.value, str(a.unit.partition), a.unit.run_key, a.status.value, a.detail
+            )
         out.print(table)
         counts = _count(a.status.value for a in annotated)
         out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
@@ -85,6 +88,9 @@ def backfill(
         OnConflict.SKIP, "--on-conflict", help="Units held by another backfill: skip|wait|fail."
     ),
     resume: str | None = typer.Option(None, "--resume", help="Resume backfill ID."),
+    lease_s: float | None = typer.Option(
+        None, "--lease-seconds", help="Claim lease; a dead driver's units are taken over after it."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; run nothing."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -102,9 +108,16 @@ def backfill(
             return
         summary = _run_with_progress(
             as_json,
-            config=config, start=start, end=end, keys=keys_arg(keys), steps=steps,
-            max_concurrency=max_concurrency, reprocess=reprocess, on_conflict=on_conflict,
+            config=config,
+            start=start,
+            end=end,
+            keys=keys_arg(keys),
+            steps=steps,
+            max_concurrency=max_concurrency,
+            reprocess=reprocess,
+            on_conflict=on_conflict,
             resume_id=resume,
+            lease_s=lease_s,
         )
         _print_summary(summary, as_json)
         if summary.failed or summary.state.value != "SUCCEEDED":
@@ -113,24 +126,30 @@ def backfill(
 
 def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-        console=console, disable=as_json, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=as_json,
+        transient=False,
     )
     task_ids: dict[str, Any] = {}
 
     def on_event(event: str, unit: Unit | None, detail: dict[str, Any]) -> None:
         if event == "start":
-            task_ids["all"] = progress.add_task(detail["backfill_id"], total=detail["units"],
-                                                detail="")
+            task_ids["all"] = progress.add_task(
+                detail["backfill_id"], total=detail["units"], detail=""
+            )
             if detail.get("resumed"):
                 console.print(f"resuming backfill {detail['backfill_id']}")
         elif unit is not None and event in ("done", "skipped", "failed", "blocked"):
-            progress.update(task_ids["all"], advance=1,
-                            detail=f"{event}: {unit.run_key}"[:70])
+            progress.update(task_ids["all"], advance=1, detail=f"{event}: {unit.run_key}"[:70])
             if event == "failed" and not as_json:
-                console.print(f"[red]failed[/] {unit.run_key}: {detail.get('error', '')}",
-                              highlight=False)
+                console.print(
+                    f"[red]failed[/] {unit.run_key}: {detail.get('error', '')}", highlight=False
+                )
         elif unit is not None and event in ("waiting", "retry"):
             progress.update(task_ids["all"], detail=f"{event}: {unit.run_key}"[:70])
 
@@ -159,8 +178,10 @@ def _print_summary(s: BackfillSummary, as_json: bool) -> None:
     for k in s.failed:
         out.print(f"  [red]failed[/] {k}: {s.errors.get(k, '')}", highlight=False)
     for t in s.to_dict()["trained"]:
-        out.print(f"  trained {t['run_key']}: mlflow run {t['mlflow_run_id']}, "
-                  f"model {t['model_name']} v{t['model_version']}, metrics {t['metrics']}")
+        out.print(
+            f"  trained {t['run_key']}: mlflow run {t['mlflow_run_id']}, "
+            f"model {t['model_name']} v{t['model_version']}, metrics {t['metrics']}"
+        )
 
 
 @backfill_app.command("cancel")
@@ -170,8 +191,13 @@ def cancel(backfill_id: str, as_json: bool = JsonOpt) -> None:
         ledger = open_ledger()
         bf = ledger.request_cancel(backfill_id)
         if as_json:
-            emit_json({"backfill_id": bf.id, "state": bf.state.value,
-                       "cancel_requested": bf.cancel_requested})
+            emit_json(
+                {
+                    "backfill_id": bf.id,
+                    "state": bf.state.value,
+                    "cancel_requested": bf.cancel_requested,
+                }
+            )
         else:
             out.print(f"backfill {bf.id}: cancel requested (state {bf.state.value})")
 
@@ -195,9 +221,16 @@ def status_cmd(
             bf = ledger.get_backfill(backfill_id)
             rows = ledger.get_units(ledger.backfill_run_keys(bf.id))
             units = [
-                {"run_key": r.run_key, "state": r.state.value, "token": r.token,
-                 "holder": r.holder, "attempts": r.attempts, "error": r.last_error,
-                 "committed_at": _ts(r.committed_at), "progress": r.progress}
+                {
+                    "run_key": r.run_key,
+                    "state": r.state.value,
+                    "token": r.token,
+                    "holder": r.holder,
+                    "attempts": r.attempts,
+                    "error": r.last_error,
+                    "committed_at": _ts(r.committed_at),
+                    "progress": r.progress,
+                }
                 for r in rows.values()
             ]
             data = {"backfill": _bf_dict(bf, ledger.unit_counts(bf.id)), "units": units}
@@ -209,8 +242,14 @@ def status_cmd(
                 table.add_column(col, overflow="fold")
             for u in units:
                 extra = u["error"] or (str(u["progress"]) if u["progress"] else "")
-                table.add_row(u["run_key"], u["state"], str(u["token"]), str(u["attempts"]),
-                              u["committed_at"], extra[:120])
+                table.add_row(
+                    u["run_key"],
+                    u["state"],
+                    str(u["token"]),
+                    str(u["attempts"]),
+                    u["committed_at"],
+                    extra[:120],
+                )
             out.print(table)
             return
         bfs = ledger.list_backfills(pipeline, limit)
@@ -223,12 +262,26 @@ def status_cmd(
             table.add_column(col, overflow="fold")
         for b in data:
             counts = ", ".join(f"{k.lower()} {v}" for k, v in b["units"].items() if v)
-            table.add_row(b["id"], b["pipeline"], b["state"],
-                          f"{b['params']['start']}..{b['params']['end']}", counts, b["updated"])
+            table.add_row(
+                b["id"],
+                b["pipeline"],
+                b["state"],
+                f"{b['params']['start']}..{b['params']['end']}",
+                counts,
+                b["updated"],
+            )
         out.print(table)
 
 
 def _bf_dict(b: Any, counts: dict[str, int]) -> dict[str, Any]:
-    return {"id": b.id, "pipeline": b.pipeline, "state": b.state.value, "params": b.params,
-            "owner": b.owner, "created": _ts(b.created_at), "updated": _ts(b.updated_at),
-            "cancel_requested": b.cancel_requested, "units": counts}
+    return {
+        "id": b.id,
+        "pipeline": b.pipeline,
+        "state": b.state.value,
+        "params": b.params,
+        "owner": b.owner,
+        "created": _ts(b.created_at),
+        "updated": _ts(b.updated_at),
+        "cancel_requested": b.cancel_requested,
+        "units": counts,
+    }

@@ -43,8 +43,7 @@ def demo(
             rep = generate_data(spec, first, end, settings=st)
             if not as_json:
                 console.print(f"generated {len(rep.partitions)} raw partitions under {rep.root}")
-        summary = _run_with_progress(as_json, config=spec, start=DEMO_START, end=end,
-                                     settings=st)
+        summary = _run_with_progress(as_json, config=spec, start=DEMO_START, end=end, settings=st)
         _print_summary(summary, as_json)
         if not as_json:
             out.print("\nWhere to look:")

@@ -20,7 +20,9 @@ app = typer.Typer(help="Freshness sensors over raw partitions.", no_args_is_help
 @app.command("check")
 def check(
     config: str = ConfigOpt,
-    partition: list[str] = typer.Option([], "--partition", "-p", help="e.g. city=SF/date=2026-10-03"),
+    partition: list[str] = typer.Option(
+        [], "--partition", "-p", help="e.g. city=SF/date=2026-10-03"
+    ),
     start: str | None = typer.Option(None, "--start", help="First day of a range."),
     end: str | None = typer.Option(None, "--end", help="Last day of a range."),
     keys: str | None = KeysOpt,
@@ -31,8 +33,11 @@ def check(
     with cli_errors(as_json):
         spec = load_pipeline(config)
         st = load_settings()
-        at = (dt.datetime.fromisoformat(now).replace(tzinfo=dt.timezone.utc) if now
-              else dt.datetime.now(dt.timezone.utc))
+        at = (
+            dt.datetime.fromisoformat(now).replace(tzinfo=dt.timezone.utc)
+            if now
+            else dt.datetime.now(dt.timezone.utc)
+        )
         targets: list[PartitionKey] = [PartitionKey.parse(p) for p in partition]
         if start or end:
             if not (start and end):
@@ -60,8 +65,12 @@ def check(
                 table.add_column(col, overflow="fold")
             for r in results:
                 color = {"READY": "green", "PENDING": "yellow"}.get(r.status.value, "red")
-                table.add_row(r.partition, f"[{color}]{r.status.value}[/]", str(r.rows),
-                              "; ".join(x.message for x in r.reasons))
+                table.add_row(
+                    r.partition,
+                    f"[{color}]{r.status.value}[/]",
+                    str(r.rows),
+                    "; ".join(x.message for x in r.reasons),
+                )
             out.print(table)
         if any(r.status.value != "READY" for r in results):
             raise typer.Exit(1)

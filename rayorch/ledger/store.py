@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from rayorch.errors import InfrastructureError, NotFoundError, StaleTokenError
+from rayorch.errors import ClaimHeldError, InfrastructureError, NotFoundError, StaleTokenError
 from rayorch.ledger.schema import (
     LEDGER_SCHEMA_VERSION,
     backfill_units,
@@ -228,6 +228,17 @@ class Ledger:
                 row = c.execute(select(backfills).where(backfills.c.id == resume_id)).first()
                 if row is None:
                     raise NotFoundError(f"no backfill {resume_id!r} in the ledger", id=resume_id)
+                if (
+                    row.state == BackfillState.RUNNING.value
+                    and row.heartbeat_at > now - stale_after_s
+                ):
+                    raise ClaimHeldError(
+                        f"backfill {resume_id} is still driven by {row.owner} (heartbeat "
+                        f"{now - row.heartbeat_at:.0f}s ago); wait for it, or "
+                        f"`rayorch backfill cancel {resume_id}` first",
+                        id=resume_id,
+                        owner=row.owner,
+                    )
             else:
                 row = c.execute(
                     select(backfills)
@@ -421,7 +432,7 @@ class Ledger:
         *,
         reprocess: Reprocess = Reprocess.MISSING,
         lease_s: float = DEFAULT_LEASE_S,
-        retry: bool = False,
+        take_own: bool = False,
     ) -> list[ClaimResult]:
         """Claim each key with one conditional UPDATE; all in one transaction.
 
@@ -435,7 +446,7 @@ class Ledger:
         with self.tx() as c:
             for key in run_keys:
                 free = (units.c.state != UnitState.RUNNING.value) | (units.c.lease_until < now)
-                if retry:
+                if take_own:
                     free = free | (units.c.holder == backfill_id)
                 res = c.execute(
                     update(units)
