@@ -126,6 +126,9 @@ class FeaturesSpec(_Frozen):
     entrypoint: Entrypoint = Field(description="module:function(ctx, table) -> table.")
     output: str = Field(description="Feature partitions root (relative: RAYORCH_HOME).")
     unique_key: list[str] = Field(description="Columns unique within a committed partition.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters handed to the function as ctx.params."
+    )
     num_cpus: float = Field(1.0, gt=0, description="CPUs per feature task.")
     retries: int = Field(2, ge=0, description="Retries of a failed unit before marking failed.")
     retry_backoff_s: float = Field(1.0, ge=0, description="Base backoff; doubles per retry.")

@@ -22,6 +22,7 @@ def small_config(
     train: bool = False,
     retries: int = 0,
     entrypoint: str = "rayorch.examples.testing:flaky_features",
+    params: dict[str, Any] | None = None,
     **freshness: Any,
 ) -> Path:
     base = yaml.safe_load((REPO / "configs" / "fraud.yaml").read_text())
@@ -30,6 +31,7 @@ def small_config(
     base["freshness"] = {"expected_sub_partitions": hours, "lateness_hours": 0, **freshness}
     base["features"]["entrypoint"] = entrypoint
     base["features"]["retries"] = retries
+    base["features"]["params"] = params or {}
     base["features"]["retry_backoff_s"] = 0.1
     if train:
         base["train"]["epochs"] = 3

@@ -86,7 +86,8 @@ def test_resume_rules_and_cancel(tmp_path):
     led.finish_backfill(bf.id, BackfillState.SUCCEEDED, {})
     with pytest.raises(IllegalTransitionError):
         led.finish_backfill(bf.id, BackfillState.CANCELLED, {})
-    [c] = led.claim_many(other.id, KEYS[:1])
+    [claim] = led.claim_many(other.id, KEYS[:1])
+    assert claim.outcome is ClaimOutcome.GRANTED
     clock.t += 120  # other's driver is gone: cancel frees its claims itself
     cancelled = led.request_cancel(other.id)
     assert cancelled.state is BackfillState.CANCELLED

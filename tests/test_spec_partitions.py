@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from rayorch.errors import ConfigError, PartitionKeyError, RayorchError
 from rayorch.partitions import PartitionKey, date_range, parse_key_selection, validate_segment
@@ -29,8 +30,8 @@ def test_example_configs_load():
     assert fraud.time_dim == "date"
     assert fraud.fingerprint() == load_pipeline(CONFIGS / "fraud.yaml").fingerprint()
     assert fraud.fingerprint() != pricing.fingerprint()
-    with pytest.raises(Exception):
-        fraud.name = "other"  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        fraud.name = "other"
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ from rayorch.errors import (
     CancelledError,
     ConfigError,
     DataError,
-    DataNotReadyError,
     RayorchError,
 )
 from rayorch.faults import crash_point
@@ -407,12 +406,13 @@ class BackfillDriver:
         verdict = (
             "still PENDING after the wait timeout" if sensor["status"] == "PENDING" else "REJECTED"
         )
-        err = DataNotReadyError(
-            f"input {sensor['partition']} {verdict}: {reasons}",
-            partition=sensor["partition"],
-            sensor=sensor,
-        )
-        self._on_error(bf_id, s, unit, token, self.opt.retries + 1, err, delayed)
+        msg = f"DataNotReadyError: input {sensor['partition']} {verdict}: {reasons}"
+        # Not a failure of the unit's code: release it (PENDING) so a re-run picks it up once
+        # the data is complete, and report it as failed in this run.
+        self.ledger.release(bf_id, unit.run_key, token, msg)
+        s.outcomes[unit.run_key] = Outcome.FAILED
+        s.errors[unit.run_key] = msg
+        self.progress("failed", unit, {"error": msg, "sensor": sensor})
 
     def _cancel(
         self,

@@ -127,6 +127,8 @@ def plan_backfill(
         if steps is None or isinstance(steps, str)
         else [s.value if isinstance(s, Step) else s for s in steps]
     )
+    if steps is None and spec.train is None:
+        step_set = (Step.FEATURES,)  # default: every step the pipeline has
     if Step.TRAIN in step_set and spec.train is None:
         raise ConfigError(
             f"pipeline {spec.name!r} has no train section; use --steps features",

@@ -8,7 +8,7 @@ the driver does, fenced by the unit's token.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -31,6 +31,7 @@ class FeatureContext:
     partition: dict[str, str]
     day: dt.date
     token: int
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def sensor_policy(spec: PipelineSpec) -> SensorPolicy:
@@ -74,7 +75,14 @@ def run_feature_unit(
     files = [f.path for f in result.manifest.files]
     raw = pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
     fn = load_entrypoint(spec.features.entrypoint)
-    ctx = FeatureContext(spec.name, unit.run_key, unit.partition.as_dict(), unit.day, token)
+    ctx = FeatureContext(
+        spec.name,
+        unit.run_key,
+        unit.partition.as_dict(),
+        unit.day,
+        token,
+        dict(spec.features.params),
+    )
     with user_code_boundary(spec.features.entrypoint, partition=str(unit.partition)):
         out = fn(ctx, raw)
         if not isinstance(out, pa.Table):

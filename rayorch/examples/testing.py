@@ -1,13 +1,12 @@
-"""Feature functions with injectable misbehaviour, for fault-injection tests and drills.
+"""A feature function with injectable misbehaviour, for fault-injection tests and drills.
 
-Controlled by environment variables so that a pipeline config can point at them unchanged:
-``RAYORCH_TEST_FEATURE_SLEEP`` (seconds per unit), ``RAYORCH_TEST_FAIL_PARTITIONS``
-(comma list of partitions that raise), ``RAYORCH_TEST_DUPLICATE_OUTPUT`` (emit every row twice).
+Driven by ``features.params`` in the pipeline config: ``sleep_s`` (per unit),
+``fail_partitions`` (partitions that raise), ``fail_times`` (how many attempts fail before it
+succeeds; default always), ``duplicate_output`` (emit some rows twice).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -17,14 +16,16 @@ from rayorch.examples.fraud import build_features
 
 
 def flaky_features(ctx: Any, raw: pa.Table) -> pa.Table:
-    delay = float(os.environ.get("RAYORCH_TEST_FEATURE_SLEEP", "0") or 0)
-    if delay:
-        time.sleep(delay)
+    params = ctx.params
+    if params.get("sleep_s"):
+        time.sleep(float(params["sleep_s"]))
     part = "/".join(f"{k}={v}" for k, v in sorted(ctx.partition.items()))
-    failing = [p for p in os.environ.get("RAYORCH_TEST_FAIL_PARTITIONS", "").split(",") if p]
-    if part in failing:
-        raise RuntimeError(f"injected failure for {part}")
+    # tokens grow by one per attempt: fail the first `fail_times` attempts
+    if part in params.get("fail_partitions", []) and ctx.token <= int(
+        params.get("fail_times", 10**9)
+    ):
+        raise RuntimeError(f"injected failure for {part} (token {ctx.token})")
     out = build_features(ctx, raw)
-    if os.environ.get("RAYORCH_TEST_DUPLICATE_OUTPUT"):
+    if params.get("duplicate_output"):
         out = pa.concat_tables([out, out.slice(0, 3)])
     return out

@@ -550,7 +550,7 @@ class Ledger:
             "lease_until": None,
             "updated_at": now,
         }
-        if dst is UnitState.FAILED:
+        if detail:
             values["last_error"] = detail
         with self.tx() as c:
             res = c.execute(
