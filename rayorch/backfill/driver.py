@@ -310,12 +310,16 @@ class BackfillDriver:
         attempts: dict[str, int],
         generation: dict[str, int],
     ) -> None:
+        # take_own: this backfill's own RUNNING claims (left by a dead driver it resumes) are
+        # re-claimed with a new token at once; a zombie's late commit is then fenced off.
         results = self.ledger.claim_many(
             bf_id,
             [u.run_key for u in batch],
             reprocess=self.opt.reprocess,
             lease_s=self.opt.lease_s,
+            take_own=True,
         )
+        crash_point("after_claim")
         for unit, res in zip(batch, results, strict=True):
             if res.outcome is ClaimOutcome.GRANTED:
                 assert res.token is not None

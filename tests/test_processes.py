@@ -1,0 +1,313 @@
+"""Separate driver processes (as `ray job submit` would start them) against one Ray cluster:
+concurrent overlapping backfills, SIGKILL at named points and resume, training end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from rayorch.data.outputs import read_manifests
+from rayorch.ledger.store import Ledger
+from rayorch.partitions import PartitionKey
+from rayorch.settings import load_settings
+from rayorch.spec import load_pipeline
+from tests.helpers import REPO, json_out, run_cli, small_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+CITIES = ["SF", "NYC", "LA"]
+
+
+@pytest.fixture()
+def cluster_env(ray_session, home):
+    return {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAYORCH_HOME": str(home)}
+
+
+def _cli_proc(args, env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayorch.cli.app", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _partition_digests(spec, home, days):
+    st = load_settings(home)
+    keys = [PartitionKey.of(city=c, date=d) for d in days for c in CITIES]
+    manifests, missing = read_manifests(st.resolve(spec.features.output), keys)
+    assert missing == []
+    out = {}
+    for m in manifests:
+        h = hashlib.sha256()
+        for f in m.files:
+            h.update(open(f.path, "rb").read())
+        out[m.partition] = h.hexdigest()
+    return out
+
+
+def _assert_exactly_once(spec, home, db_url, days):
+    st = load_settings(home)
+    led = Ledger(db_url)
+    commits = led.events(event_name="COMMIT")
+    keys = sorted(e["run_key"] for e in commits)
+    assert len(keys) == len(set(keys)) == len(days) * len(CITIES)  # one commit per unit
+    led.close()
+    seen: set[str] = set()
+    for d in days:
+        for c in CITIES:
+            key = PartitionKey.of(city=c, date=d)
+            manifests, _ = read_manifests(st.resolve(spec.features.output), [key])
+            ids = [
+                i
+                for m in manifests
+                for f in m.files
+                for i in pq.read_table(f.path, columns=["transaction_id"])
+                .column("transaction_id")
+                .to_pylist()
+            ]
+            raw = (
+                pq.read_table(
+                    f"{st.resolve(spec.source.path)}/{key.path()}", columns=["transaction_id"]
+                )
+                .column("transaction_id")
+                .to_pylist()
+            )
+            assert sorted(ids) == sorted(raw)
+            assert not seen & set(ids)
+            seen |= set(ids)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_overlapping_backfills(backend, cluster_env, home, tmp_path, request):
+    env = dict(cluster_env)
+    db_url = f"sqlite:///{home / 'ledger.db'}"
+    if backend == "postgres":
+        db_url = request.getfixturevalue("pg_ledger_url")
+        env["RAYORCH_DB_URL"] = db_url
+    cfg = small_config(tmp_path, params={"sleep_s": 0.2})
+    spec = load_pipeline(cfg)
+    run_cli(
+        "data",
+        "generate",
+        "-c",
+        str(cfg),
+        "--start",
+        "2026-10-01",
+        "--end",
+        "2026-10-04",
+        env=env,
+        check=True,
+    )
+    ranges = [
+        ("2026-10-01", "2026-10-03"),
+        ("2026-10-02", "2026-10-04"),
+        ("2026-10-01", "2026-10-04"),
+    ]
+    procs = [
+        _cli_proc(
+            [
+                "backfill",
+                "-c",
+                str(cfg),
+                "--start",
+                a,
+                "--end",
+                b,
+                "--on-conflict",
+                "wait",
+                "--max-concurrency",
+                "3",
+                "--json",
+            ],
+            env,
+        )
+        for a, b in ranges
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    done = sum(r["counts"]["done"] for r in results)
+    assert done == 12  # every unit ran exactly once across the three backfills
+    assert sum(r["counts"]["skipped_done"] for r in results) == 3 * 3 + 3 * 3 + 4 * 3 - 12
+    days = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]
+    _assert_exactly_once(spec, home, db_url, days)
+
+
+POINTS = ["after_claim", "after_stage", "after_commit:2", "external_kill_during_work"]
+
+
+def test_sigkill_at_named_points_then_resume(cluster_env, home, tmp_path):
+    cfg = small_config(tmp_path, params={"sleep_s": 0.3})
+    spec = load_pipeline(cfg)
+    days = ["2026-10-01", "2026-10-02"]
+    args = [
+        "backfill",
+        "-c",
+        str(cfg),
+        "--start",
+        days[0],
+        "--end",
+        days[1],
+        "--lease-seconds",
+        "2",
+        "--max-concurrency",
+        "2",
+        "--json",
+    ]
+    # the clean reference run, in its own home
+    clean_env = {**cluster_env, "RAYORCH_HOME": str(tmp_path / "clean")}
+    run_cli(
+        "data",
+        "generate",
+        "-c",
+        str(cfg),
+        "--start",
+        days[0],
+        "--end",
+        days[1],
+        env=clean_env,
+        check=True,
+    )
+    run_cli(*args, env=clean_env, check=True)
+    reference = _partition_digests(spec, tmp_path / "clean", days)
+    for point in POINTS:
+        h = tmp_path / point.replace(":", "_")
+        env = {**cluster_env, "RAYORCH_HOME": str(h)}
+        run_cli(
+            "data",
+            "generate",
+            "-c",
+            str(cfg),
+            "--start",
+            days[0],
+            "--end",
+            days[1],
+            env=env,
+            check=True,
+        )
+        if point.startswith("external"):
+            p = _cli_proc(args, env)
+            led = Ledger(f"sqlite:///{h / 'ledger.db'}")
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                bfs = led.list_backfills()
+                if bfs and led.unit_counts(bfs[0].id)["DONE"] >= 1:
+                    break
+                time.sleep(0.2)
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+            led.close()
+        else:
+            proc = run_cli(*args, env={**env, "RAYORCH_CRASH_AT": point})
+            assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
+        time.sleep(2.5)  # the dead driver's lease and heartbeat expire
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 0, (point, proc.stderr[-2000:])
+        summary = json_out(proc)
+        assert summary["resumed"] is True, point
+        assert summary["counts"]["failed"] == 0
+        assert _partition_digests(spec, h, days) == reference, point
+        _assert_exactly_once(spec, h, f"sqlite:///{h / 'ledger.db'}", days)
+        if point == "after_commit:2":
+            assert summary["reconciled"], "the committed-but-unpublished unit was rolled forward"
+
+
+def test_train_end_to_end_through_cli(cluster_env, home, tmp_path):
+    cfg = small_config(tmp_path, train=True, rows=20)
+    env = cluster_env
+    run_cli(
+        "data",
+        "generate",
+        "-c",
+        str(cfg),
+        "--start",
+        "2026-09-30",
+        "--end",
+        "2026-10-01",
+        env=env,
+        check=True,
+    )
+    plan = json_out(
+        run_cli(
+            "plan",
+            "-c",
+            str(cfg),
+            "--start",
+            "2026-10-01",
+            "--end",
+            "2026-10-01",
+            "--json",
+            env=env,
+            check=True,
+        )
+    )
+    assert plan["counts"] == {"features": 6, "train": 1}
+    assert {u["status"] for u in plan["units"]} == {"new"}
+    proc = run_cli(
+        "backfill",
+        "-c",
+        str(cfg),
+        "--start",
+        "2026-10-01",
+        "--end",
+        "2026-10-01",
+        "--json",
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json_out(proc)
+    assert summary["counts"]["done"] == 7
+    [trained] = summary["trained"]
+    assert trained["model_version"] == "1" and trained["metrics"]["epoch"] == 2
+    import mlflow
+
+    st = load_settings(home)
+    client = mlflow.tracking.MlflowClient(st.mlflow_uri)
+    run = client.get_run(trained["mlflow_run_id"])
+    assert run.data.tags["rayorch.run_key"] == "fraud/train/date=2026-10-01"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
+    assert run.inputs.dataset_inputs[0].tags[0].value == "training"
+    mv = client.get_model_version("fraud-detector", "1")
+    assert mv.run_id == run.info.run_id and len(mv.tags["rayorch.artifact_digest"]) == 64
+    # the logged manifest names exactly the committed feature files the unit read
+    local = client.download_artifacts(run.info.run_id, "dataset_manifest.json", str(tmp_path))
+    logged = json.load(open(local))
+    spec = load_pipeline(cfg)
+    keys = [PartitionKey.of(city=c, date=d) for d in ("2026-09-30", "2026-10-01") for c in CITIES]
+    committed, _ = read_manifests(st.resolve(spec.features.output), keys)
+    assert sorted(f["path"] for p in logged["partitions"] for f in p["files"]) == sorted(
+        f.path for m in committed for f in m.files
+    )
+    # a re-run does no work twice and opens no new MLflow run
+    again = json_out(
+        run_cli(
+            "backfill",
+            "-c",
+            str(cfg),
+            "--start",
+            "2026-10-01",
+            "--end",
+            "2026-10-01",
+            "--json",
+            env=env,
+            check=True,
+        )
+    )
+    assert again["counts"]["skipped_done"] == 7 and again["counts"]["done"] == 0
+    exp = client.get_experiment_by_name("rayorch/fraud")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    status = json_out(run_cli("status", "--json", env=env, check=True))
+    assert status["backfills"][0]["units"]["DONE"] == 7
