@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,7 +51,7 @@ def _partition_digests(spec, home, days):
     for m in manifests:
         h = hashlib.sha256()
         for f in m.files:
-            h.update(open(f.path, "rb").read())
+            h.update(Path(f.path).read_bytes())
         out[m.partition] = h.hexdigest()
     return out
 
@@ -284,7 +285,7 @@ def test_train_end_to_end_through_cli(cluster_env, home, tmp_path):
     assert mv.run_id == run.info.run_id and len(mv.tags["rayorch.artifact_digest"]) == 64
     # the logged manifest names exactly the committed feature files the unit read
     local = client.download_artifacts(run.info.run_id, "dataset_manifest.json", str(tmp_path))
-    logged = json.load(open(local))
+    logged = json.loads(Path(local).read_text())
     spec = load_pipeline(cfg)
     keys = [PartitionKey.of(city=c, date=d) for d in ("2026-09-30", "2026-10-01") for c in CITIES]
     committed, _ = read_manifests(st.resolve(spec.features.output), keys)
