@@ -1,0 +1,338 @@
+"""The promotion audit log: durable, write-ahead, in the ledger's database.
+
+Every promotion attempt is one row of ``registry_promotions``. An attempt that will move the
+alias is written ``STARTED`` *before* MLflow is touched, then moved to ``FINISHED`` (the alias
+names the target) or ``ROLLED_BACK`` (it does not). Attempts that move nothing (ALREADY_TARGET,
+CONFLICT, REJECTED) are written ``FINISHED`` at once. A ``STARTED`` row with no live writer is
+settled by reading the real alias (see ``coordinator.settle``): never left half-done.
+
+Promotions of one model are also serialized by a lock held in the same database's realm (an
+advisory lock on PostgreSQL, a file lock beside the SQLite file), so two coordinators that do
+not share a Ray cluster still cannot interleave a compare-and-set.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    text,
+    update,
+)
+
+from rayorch.errors import IllegalTransitionError, InfrastructureError
+from rayorch.ledger.store import _make_engine
+from rayorch.registry.decisions import (
+    AppliedStep,
+    PromotionDecision,
+    PromotionOutcome,
+    PromotionRequest,
+)
+from rayorch.spec import GatesSpec
+
+AUDIT_SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+promotions = Table(
+    "registry_promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("registry", String(512), nullable=False),  # MLflow tracking URI
+    Column("model", String(256), nullable=False),
+    Column("alias", String(256), nullable=False),
+    Column("kind", String(16), nullable=False),  # promote | rollback
+    Column("expected", String(64)),  # NULL: the caller expected the alias to be unset
+    Column("from_version", String(64)),  # the alias's version when the decision was taken
+    Column("to_version", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("reasons", Text, nullable=False),  # JSON list
+    Column("gates", Text, nullable=False),  # JSON of the GatesSpec applied
+    Column("who", Text, nullable=False),  # JSON {user, host, pid, via}
+    Column("artifact_digest", String(64)),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("schema_version", Integer, nullable=False),
+    Index("ix_registry_promotions_alias", "registry", "model", "alias", "id"),
+    Index("ix_registry_promotions_phase", "registry", "phase"),
+)
+
+
+class Phase(str, enum.Enum):
+    STARTED = "STARTED"
+    FINISHED = "FINISHED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not Phase.STARTED
+
+
+#: The only legal phase moves; terminal phases have none.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTED: frozenset({Phase.FINISHED, Phase.ROLLED_BACK}),
+    Phase.FINISHED: frozenset(),
+    Phase.ROLLED_BACK: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionRecord:
+    id: int
+    registry: str
+    model: str
+    alias: str
+    kind: str
+    expected: str | None
+    from_version: str | None
+    to_version: str
+    outcome: PromotionOutcome
+    phase: Phase
+    reasons: tuple[str, ...]
+    gates: dict[str, Any]
+    who: dict[str, Any]
+    artifact_digest: str | None
+    started_at: float
+    finished_at: float | None
+
+    @property
+    def moved_alias(self) -> bool:
+        return self.outcome is PromotionOutcome.APPLIED and self.phase is Phase.FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "alias": self.alias,
+            "kind": self.kind,
+            "expected": self.expected,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "outcome": self.outcome.value,
+            "phase": self.phase.value,
+            "moved_alias": self.moved_alias,
+            "reasons": list(self.reasons),
+            "gates": self.gates,
+            "who": self.who,
+            "artifact_digest": self.artifact_digest,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def _row(r: Any) -> PromotionRecord:
+    return PromotionRecord(
+        id=int(r.id),
+        registry=r.registry,
+        model=r.model,
+        alias=r.alias,
+        kind=r.kind,
+        expected=r.expected,
+        from_version=r.from_version,
+        to_version=r.to_version,
+        outcome=PromotionOutcome(r.outcome),
+        phase=Phase(r.phase),
+        reasons=tuple(json.loads(r.reasons)),
+        gates=json.loads(r.gates),
+        who=json.loads(r.who),
+        artifact_digest=r.artifact_digest,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
+
+
+class AuditLog:
+    """The ``registry_promotions`` table plus the per-model promotion lock."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self._thread_lock = threading.Lock()
+        self._lock_path = _sqlite_lock_path(url)
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except Exception as e:
+            if "already exists" not in str(e) and "UniqueViolation" not in type(e).__name__:
+                raise InfrastructureError(
+                    f"cannot open the promotion audit log at {url}: {e}. Check RAYORCH_DB_URL.",
+                    url=url,
+                ) from e  # else: another process created the tables concurrently
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes -----------------------------------------------------------------------------
+    def record(
+        self,
+        registry: str,
+        request: PromotionRequest,
+        decision: PromotionDecision,
+        gates: GatesSpec,
+        artifact_digest: str | None,
+    ) -> int:
+        """Write one attempt. APPLIED is written STARTED (the alias has not moved yet)."""
+        now = time.time()
+        applied = decision.outcome is PromotionOutcome.APPLIED
+        values = {
+            "registry": registry,
+            "model": request.model,
+            "alias": request.alias,
+            "kind": request.kind,
+            "expected": request.expected_current,
+            "from_version": decision.current,
+            "to_version": decision.target,
+            "outcome": decision.outcome.value,
+            "phase": (Phase.STARTED if applied else Phase.FINISHED).value,
+            "reasons": json.dumps(list(decision.reasons)),
+            "gates": json.dumps(gates.model_dump(mode="json"), sort_keys=True),
+            "who": json.dumps(dict(request.who), sort_keys=True, default=str),
+            "artifact_digest": artifact_digest,
+            "started_at": now,
+            "finished_at": None if applied else now,
+            "schema_version": AUDIT_SCHEMA_VERSION,
+        }
+        with self.engine.begin() as c:
+            return int(c.execute(insert(promotions).values(**values)).inserted_primary_key[0])
+
+    def transition(self, record_id: int, to: Phase, note: str | None = None) -> None:
+        """Move a STARTED attempt to a terminal phase: one conditional UPDATE."""
+        if to not in TRANSITIONS[Phase.STARTED]:
+            raise IllegalTransitionError(f"no promotion may become {to.value}", to=to.value)
+        values: dict[str, Any] = {"phase": to.value, "finished_at": time.time()}
+        with self.engine.begin() as c:
+            if note:
+                old = c.execute(
+                    select(promotions.c.reasons).where(promotions.c.id == record_id)
+                ).scalar()
+                values["reasons"] = json.dumps([*json.loads(old or "[]"), note])
+            done = c.execute(
+                update(promotions)
+                .where(promotions.c.id == record_id, promotions.c.phase == Phase.STARTED.value)
+                .values(**values)
+            ).rowcount
+        if done != 1:
+            now = self.get(record_id).phase
+            raise IllegalTransitionError(
+                f"promotion {record_id} is {now.value}; it cannot become {to.value}",
+                id=record_id,
+                phase=now.value,
+                to=to.value,
+            )
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, record_id: int) -> PromotionRecord:
+        with self.engine.connect() as c:
+            r = c.execute(select(promotions).where(promotions.c.id == record_id)).one_or_none()
+        if r is None:
+            raise InfrastructureError(f"promotion {record_id} is not in the audit log")
+        return _row(r)
+
+    def started(self, registry: str, model: str | None = None) -> list[PromotionRecord]:
+        q = select(promotions).where(
+            promotions.c.registry == registry, promotions.c.phase == Phase.STARTED.value
+        )
+        if model is not None:
+            q = q.where(promotions.c.model == model)
+        with self.engine.connect() as c:
+            return [_row(r) for r in c.execute(q.order_by(promotions.c.id))]
+
+    def history(
+        self, registry: str, model: str, alias: str | None = None, limit: int | None = None
+    ) -> list[PromotionRecord]:
+        """Attempts, oldest first (the last ``limit`` of them when given)."""
+        q = select(promotions).where(promotions.c.registry == registry, promotions.c.model == model)
+        if alias is not None:
+            q = q.where(promotions.c.alias == alias)
+        q = q.order_by(promotions.c.id.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as c:
+            rows = [_row(r) for r in c.execute(q)]
+        return rows[::-1]
+
+    def applied_steps(self, registry: str, model: str, alias: str) -> list[AppliedStep]:
+        q = (
+            select(promotions.c.kind, promotions.c.from_version, promotions.c.to_version)
+            .where(
+                promotions.c.registry == registry,
+                promotions.c.model == model,
+                promotions.c.alias == alias,
+                promotions.c.outcome == PromotionOutcome.APPLIED.value,
+                promotions.c.phase == Phase.FINISHED.value,
+            )
+            .order_by(promotions.c.id)
+        )
+        with self.engine.connect() as c:
+            return [AppliedStep(r.kind, r.from_version, r.to_version) for r in c.execute(q)]
+
+    # -- the per-model promotion lock -------------------------------------------------------
+    @contextmanager
+    def lock(self, registry: str, model: str) -> Iterator[None]:
+        """Exclusive across processes and hosts sharing this database, for one model."""
+        with self._thread_lock:
+            if self.engine.dialect.name == "postgresql":
+                key = _lock_key(registry, model)
+                with self.engine.connect() as c:
+                    c.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                    try:
+                        yield
+                    finally:
+                        c.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        c.commit()
+            elif self._lock_path is not None:
+                import fcntl
+
+                with open(self._lock_path, "a+b") as f:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            else:  # in-memory SQLite: one process only
+                yield
+
+
+def _lock_key(registry: str, model: str) -> int:
+    h = hashlib.sha256(f"rayorch.registry\0{registry}\0{model}".encode()).digest()
+    return int.from_bytes(h[:8], "big", signed=True)
+
+
+def _sqlite_lock_path(url: str) -> str | None:
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    if not path or path == ":memory:":
+        return None
+    return os.path.abspath(path) + ".registry-lock"
+
+
+def who_am_i(via: str = "api") -> Mapping[str, Any]:
+    """Who is promoting: recorded with every attempt."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(), "via": via}

@@ -1,0 +1,300 @@
+"""The promotion coordinator: one named, detached Ray actor per registry.
+
+Every rayorch promotion of a registry passes through the actor named
+``rayorch-promotions-<hash of the tracking URI>`` in namespace ``rayorch``; any driver or
+notebook reaches the same one (``get_if_exists``). Calls are serialized (``max_concurrency=1``),
+and each one is: settle orphans, read facts, decide (pure), write the audit row, move the alias,
+finish the row. The actor keeps no state that is not in the ledger or MLflow: killed and
+restarted (``max_restarts=-1``), it first settles what it left ``STARTED`` and then answers as
+before.
+
+Crash-ordering invariant: the audit row is committed ``STARTED`` before the alias moves, and a
+``STARTED`` row is settled only under the per-model lock, so no live promotion is ever settled.
+Settling reads the real alias: at the target -> ``FINISHED`` (the move happened); elsewhere ->
+``ROLLED_BACK`` (it did not). rayorch never re-applies a move its caller saw fail; a caller that
+retries gets ``ALREADY_TARGET`` or a fresh decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rayorch.errors import InfrastructureError
+from rayorch.registry.audit import AuditLog, Phase, PromotionRecord, who_am_i
+from rayorch.registry.decisions import (
+    PromotionDecision,
+    PromotionOutcome,
+    PromotionRequest,
+    decide_promotion,
+    rollback_plan,
+)
+from rayorch.registry.errors import (
+    CoordinatorMismatchError,
+    NothingToRollBackError,
+    PromotionInterruptedError,
+)
+from rayorch.registry.mlflow_view import RegistryView
+from rayorch.settings import Settings, load_settings
+from rayorch.spec import GatesSpec
+
+NAMESPACE = "rayorch"
+CRASH_POINTS = ("after_started", "after_alias")
+
+
+def actor_name(tracking_uri: str) -> str:
+    return "rayorch-promotions-" + hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionResult:
+    decision: PromotionDecision
+    model: str
+    alias: str
+    audit_id: int
+    phase: Phase
+
+    @property
+    def outcome(self) -> PromotionOutcome:
+        return self.decision.outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.decision.to_dict(),
+            "model": self.model,
+            "alias": self.alias,
+            "audit_id": self.audit_id,
+            "phase": self.phase.value,
+        }
+
+
+class Coordinator:
+    """The promotion steps; the Ray actor is this class with serialized calls."""
+
+    def __init__(self, tracking_uri: str, db_url: str) -> None:
+        self.registry = tracking_uri
+        self.db_url = db_url
+        self.view = RegistryView(tracking_uri)
+        self.audit = AuditLog(db_url)
+        self._crash_at: str | None = None  # test hook; deliberately lost on restart
+        self.settled_on_start = [r.to_dict() for r in self.reconcile()]
+
+    def current(self, model: str, alias: str) -> str | None:
+        return self.view.current(model, alias)
+
+    def identity(self) -> dict[str, Any]:
+        return {"registry": self.registry, "db_url": self.db_url, "pid": os.getpid()}
+
+    # -- recovery ---------------------------------------------------------------------------
+    def reconcile(self) -> list[PromotionRecord]:
+        """Settle every STARTED attempt of this registry (run on start)."""
+        settled = []
+        for model in sorted({r.model for r in self.audit.started(self.registry)}):
+            with self.audit.lock(self.registry, model):
+                settled += self._settle_model(model)
+        return settled
+
+    def _settle_model(self, model: str) -> list[PromotionRecord]:
+        # Under the model's lock: a STARTED row here has no live writer.
+        return [self._settle(r) for r in self.audit.started(self.registry, model)]
+
+    def _settle(self, rec: PromotionRecord, note: str = "settled on recovery") -> PromotionRecord:
+        """Finish or roll back a STARTED attempt by what MLflow's alias actually says."""
+        actual = self.view.current(rec.model, rec.alias)
+        if actual == rec.to_version:
+            self.audit.transition(rec.id, Phase.FINISHED, f"{note}: the alias was moved")
+        else:
+            self.audit.transition(
+                rec.id, Phase.ROLLED_BACK, f"{note}: the alias names {actual or 'none'}, not moved"
+            )
+        return self.audit.get(rec.id)
+
+    # -- promotions -------------------------------------------------------------------------
+    def promote(self, request: PromotionRequest, gates: GatesSpec) -> PromotionResult:
+        with self.audit.lock(self.registry, request.model):
+            self._settle_model(request.model)
+            return self._promote_locked(request, gates)
+
+    def rollback(
+        self, model: str, alias: str, gates: GatesSpec, who: dict[str, Any]
+    ) -> PromotionResult:
+        """Promote the alias's previous version (per the audit log) through the same CAS."""
+        with self.audit.lock(self.registry, model):
+            self._settle_model(model)
+            expected, target = rollback_plan(self.audit.applied_steps(self.registry, model, alias))
+            if target is None:
+                raise NothingToRollBackError(
+                    f"the audit log holds no earlier version of {model!r} alias {alias!r} to "
+                    f"roll back to; promote one explicitly with `rayorch registry promote`",
+                    model=model,
+                    alias=alias,
+                )
+            req = PromotionRequest(model, target, alias, expected, kind="rollback", who=who)
+            return self._promote_locked(req, gates)
+
+    def _promote_locked(self, request: PromotionRequest, gates: GatesSpec) -> PromotionResult:
+        current = self.view.current(request.model, request.alias)
+        facts = self.view.facts(request.model, request.version)
+        decision = decide_promotion(request, current, facts, gates)
+        # Write-ahead: the attempt is durable before the alias moves.
+        audit_id = self.audit.record(self.registry, request, decision, gates, facts.artifact_digest)
+        if decision.outcome is not PromotionOutcome.APPLIED:
+            return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
+        self._maybe_crash("after_started")
+        try:
+            self.view.set_alias(request.model, request.alias, request.version)
+        except Exception as e:
+            rec = self._settle(self.audit.get(audit_id), f"MLflow failed: {e}")
+            if rec.phase is not Phase.FINISHED:
+                raise PromotionInterruptedError(
+                    f"MLflow failed while moving {request.alias} of {request.model!r}: {e}; "
+                    f"the alias did not move (audit {audit_id} ROLLED_BACK). Retry.",
+                    audit_id=audit_id,
+                ) from e
+            return PromotionResult(decision, request.model, request.alias, audit_id, rec.phase)
+        self._maybe_crash("after_alias")
+        self.audit.transition(audit_id, Phase.FINISHED)
+        return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
+
+    # -- test hook: die at a named point (real process death, not an exception) --------------
+    def arm_crash(self, point: str | None) -> None:
+        if point is not None and point not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {point!r}; one of {CRASH_POINTS}")
+        self._crash_at = point
+
+    def _maybe_crash(self, point: str) -> None:
+        if self._crash_at == point:
+            os._exit(17)
+
+
+# --- the actor and its client ----------------------------------------------------------------
+_handles: dict[tuple[str, str], Any] = {}
+
+
+def _actor_class() -> Any:
+    import ray
+
+    return ray.remote(Coordinator)
+
+
+def get_coordinator(settings: Settings | None = None) -> Any:
+    """The registry's coordinator actor, created on first use (needs ``ray.init`` done)."""
+    import ray
+
+    s = settings or load_settings()
+    name = actor_name(s.mlflow_uri)
+    key = (name, ray.get_runtime_context().gcs_address)
+    handle = _handles.get(key)
+    if handle is not None:
+        return handle
+    handle = (
+        _actor_class()
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_concurrency=1,
+            num_cpus=0,
+        )
+        .remote(s.mlflow_uri, s.db_url)
+    )
+    ident = _call(lambda: ray.get(handle.identity.remote()))
+    if ident["db_url"] != s.db_url:
+        raise CoordinatorMismatchError(
+            f"the promotion coordinator of {s.mlflow_uri} writes its audit log to "
+            f"{ident['db_url']}, not {s.db_url}; set RAYORCH_DB_URL to the same database",
+            registry=s.mlflow_uri,
+            actor_db_url=ident["db_url"],
+            db_url=s.db_url,
+        )
+    _handles[key] = handle
+    return handle
+
+
+def _call(fn: Any, attempts: int = 20, backoff_s: float = 0.25) -> Any:
+    """Run ``fn``; while the actor is restarting, wait and retry (answers are idempotent)."""
+    from ray.exceptions import RayActorError
+
+    for i in range(attempts):
+        try:
+            return fn()
+        except RayActorError as e:
+            if i == attempts - 1:
+                raise InfrastructureError(
+                    f"the promotion coordinator did not come back: {e}. Check the Ray cluster "
+                    "(RAY_ADDRESS) and the actor's logs.",
+                ) from e
+            time.sleep(backoff_s)
+    raise AssertionError("unreachable")
+
+
+def promote(
+    model: str,
+    version: str | int,
+    alias: str,
+    expected_current: str | int | None,
+    *,
+    gates: GatesSpec | None = None,
+    settings: Settings | None = None,
+    via: str = "api",
+) -> PromotionResult:
+    """Compare-and-set ``alias`` of ``model`` to ``version`` through the coordinator.
+
+    ``expected_current`` is the version the caller believes the alias names now (None: unset).
+    """
+    import ray
+
+    req = PromotionRequest(
+        model=model,
+        version=str(version),
+        alias=alias,
+        expected_current=None if expected_current is None else str(expected_current),
+        who=dict(who_am_i(via)),
+    )
+    g = gates or GatesSpec()
+    h = get_coordinator(settings)
+    return _call(lambda: ray.get(h.promote.remote(req, g)))
+
+
+def rollback(
+    model: str,
+    alias: str,
+    *,
+    gates: GatesSpec | None = None,
+    settings: Settings | None = None,
+    via: str = "api",
+) -> PromotionResult:
+    import ray
+
+    h = get_coordinator(settings)
+    who = dict(who_am_i(via))
+    return _call(lambda: ray.get(h.rollback.remote(model, alias, gates or GatesSpec(), who)))
+
+
+def current_version(model: str, alias: str, settings: Settings | None = None) -> str | None:
+    """The version ``alias`` names now, as the coordinator reads it from MLflow."""
+    import ray
+
+    h = get_coordinator(settings)
+    return _call(lambda: ray.get(h.current.remote(model, alias)))
+
+
+def shutdown_coordinator(settings: Settings | None = None) -> bool:
+    """Kill the registry's detached coordinator for good (tests, teardown). True if one ran."""
+    import ray
+
+    s = settings or load_settings()
+    name = actor_name(s.mlflow_uri)
+    for key in [k for k in _handles if k[0] == name]:
+        del _handles[key]
+    try:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.kill(handle, no_restart=True)
+    return True

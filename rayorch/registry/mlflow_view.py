@@ -1,0 +1,180 @@
+"""The registry as rayorch sees it: a narrow interface over MLflow's model registry.
+
+Only this module (and ``lineage.tracking``) talks to MLflow for the registry. It reads the
+facts a promotion decision needs and moves an alias; it decides nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+from rayorch.errors import InfrastructureError
+from rayorch.lineage.tracking import directory_digest
+from rayorch.registry.decisions import VersionFacts
+
+TAG_ARTIFACT_DIGEST = "rayorch.artifact_digest"
+TRAINING_CONTEXT = "training"
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_REGISTERED_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
+_PULL_MARKER = "registered_model_meta"
+_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+
+
+def _missing(e: Exception) -> bool:
+    return getattr(e, "error_code", None) in _NOT_FOUND
+
+
+class RegistryView:
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        # Facts of a READY version whose run has ended do not change in practice (rayorch logs
+        # metrics and inputs before it ends the run); caching them keeps a promotion to one
+        # alias read and one alias write. The cache is derived from MLflow and rebuilt on start.
+        self._facts: dict[tuple[str, str], VersionFacts] = {}
+        self._checked_models: set[str] = set()
+
+    def current(self, model: str, alias: str) -> str | None:
+        """The version ``alias`` names now, or None when unset (or the model is unknown).
+
+        Always read from MLflow, never cached: the compare-and-set is against the real alias.
+        """
+        try:
+            return str(self.client.get_model_version_by_alias(model, alias).version)
+        except Exception as e:
+            if _missing(e):
+                return None
+            raise self._infra("read aliases of", model, e) from e
+
+    def facts(self, model: str, version: str) -> VersionFacts:
+        cached = self._facts.get((model, version))
+        if cached is not None:
+            return cached
+        facts, final = self._read_facts(model, version)
+        if final:
+            self._facts[(model, version)] = facts
+        return facts
+
+    def _read_facts(self, model: str, version: str) -> tuple[VersionFacts, bool]:
+        try:
+            mv = self.client.get_model_version(model, version)
+        except Exception as e:
+            if _missing(e):
+                return VersionFacts.missing()
+            raise self._infra("read version of", model, e) from e
+        metrics: dict[str, float] = {}
+        has_training = False
+        run_ended = False
+        if mv.run_id:
+            try:
+                run = self.client.get_run(mv.run_id)
+            except Exception as e:
+                if not _missing(e):
+                    raise self._infra("read the run of", model, e) from e
+            else:
+                run_ended = run.info.status in ("FINISHED", "FAILED", "KILLED")
+                metrics = {k: float(v) for k, v in run.data.metrics.items()}
+                for di in run.inputs.dataset_inputs if run.inputs else []:
+                    ctx = {t.key: t.value for t in di.tags}.get("mlflow.data.context")
+                    if ctx == TRAINING_CONTEXT:
+                        has_training = True
+        facts = VersionFacts(
+            exists=True,
+            status=str(mv.status),
+            run_id=mv.run_id,
+            metrics=metrics,
+            has_training_dataset=has_training,
+            artifact_digest=(mv.tags or {}).get(TAG_ARTIFACT_DIGEST),
+        )
+        return facts, facts.status == "READY" and run_ended
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        try:
+            if model not in self._checked_models:
+                # The public call re-reads the whole model each time (to refuse prompts);
+                # do that once per model, then write through the registry client alone.
+                self.client.set_registered_model_alias(model, alias, version)
+                self._checked_models.add(model)
+                return
+            registry = getattr(self.client, "_get_registry_client", None)
+            if registry is None:
+                self.client.set_registered_model_alias(model, alias, version)
+            else:
+                registry().set_registered_model_alias(model, alias, version)
+        except Exception as e:
+            raise self._infra("set an alias of", model, e) from e
+
+    def version_digests(self, model: str) -> dict[str, str]:
+        """version -> recorded artifact digest, for every version that has one."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{model}'")
+        except Exception as e:
+            raise self._infra("list versions of", model, e) from e
+        return {
+            str(v.version): v.tags[TAG_ARTIFACT_DIGEST]
+            for v in versions
+            if (v.tags or {}).get(TAG_ARTIFACT_DIGEST)
+        }
+
+    def deployed_digest(self, deployed: str) -> str:
+        """A sha256 given as is, else the digest of the files at a path or artifact URI.
+
+        ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS`` are resolved to the version's
+        source first, so the digest covers the same files as the one taken at registration.
+        """
+        text = deployed.strip()
+        if _DIGEST_RE.match(text.lower()):
+            return text.lower()
+        if os.path.isdir(text):
+            return _model_dir_digest(text)
+        import mlflow.artifacts
+
+        try:
+            source = self._resolve_registered(text)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=tmp, tracking_uri=self.uri
+                )
+                return _model_dir_digest(local)
+        except Exception as e:
+            raise InfrastructureError(
+                f"cannot read the deployed artifact {deployed!r}: {e}. Pass a sha256 digest, "
+                "a local model directory, or an MLflow artifact URI (models:/NAME/VERSION).",
+                deployed=deployed,
+            ) from e
+
+    def _resolve_registered(self, uri: str) -> str:
+        m = _REGISTERED_RE.match(uri)
+        if m is None:
+            return uri
+        name, version, alias = m.group("name"), m.group("version"), m.group("alias")
+        if alias is not None:
+            return str(self.client.get_model_version_by_alias(name, alias).source)
+        return str(self.client.get_model_version(name, version).source)
+
+    def _infra(self, what: str, model: str, e: Exception) -> InfrastructureError:
+        return InfrastructureError(
+            f"cannot {what} model {model!r} in MLflow at {self.uri}: {e}. "
+            "Check MLFLOW_TRACKING_URI.",
+            model=model,
+            tracking_uri=self.uri,
+        )
+
+
+def _model_dir_digest(root: str) -> str:
+    """``directory_digest``, ignoring the marker MLflow adds when a registered model is pulled."""
+    if not os.path.exists(os.path.join(root, _PULL_MARKER)):
+        return directory_digest(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "model")
+        shutil.copytree(
+            root,
+            copy,
+            ignore=lambda d, names: [n for n in names if d == root and n == _PULL_MARKER],
+        )
+        return directory_digest(copy)
