@@ -551,3 +551,37 @@ def test_errors_pickle():
     e = ConfigError("x", field="shape", value="2x")
     e2 = pickle.loads(pickle.dumps(e))
     assert isinstance(e2, RayorchError) and e2.fields == {"field": "shape", "value": "2x"}
+
+
+# --- controller bookkeeping (in-process, no Ray: static nodes, no placement groups) --------
+def test_controller_preempt_release_readmit_cycle():
+    from rayorch.errors import NotFoundError
+    from rayorch.scheduling.controller import SchedulerController
+
+    c = SchedulerController(spec(), nodes=nodes(8, 8), create_placement_groups=False)
+    assert c.submit(req("b0", "1x8")).outcome is AdmissionOutcome.ADMITTED
+    a = c.submit(req("b1", "1x8"))
+    assert a.outcome is AdmissionOutcome.ADMITTED and a.borrowed
+    assert c.submit(req("b2", "1x8")).outcome is AdmissionOutcome.QUEUED
+    a = c.submit(req("p", "1x8", "prod", PROD))
+    assert a.outcome is AdmissionOutcome.PREEMPT and a.victims == ("b1",)
+    assert c.yield_requested("b1") and not c.yield_requested("b0")
+    # polling again does not pick a second victim while b1 yields
+    assert c.poll("p").reason is Reason.WAITING_FOR_YIELD
+    assert not c.yield_requested("b0")
+    before = c.cycles()
+    back = c.release("b1", requeue=True)
+    assert c.cycles() == before + 1
+    assert c.poll("p").outcome is AdmissionOutcome.ADMITTED
+    assert back.outcome is AdmissionOutcome.QUEUED and not c.yield_requested("b1")
+    st = c.status()
+    assert [q["workload_id"] for q in st["queue"]] == ["b1", "b2"]  # b1 keeps its place
+    assert st["namespaces"]["prod"]["gpus_used"] == 8
+    c.release("p")
+    assert c.poll("b1").outcome is AdmissionOutcome.ADMITTED
+    assert c.placement("b1").shape.total_gpus == 8
+    with pytest.raises(NotFoundError):
+        c.poll("never")
+    # submitting again is a no-op for running work
+    assert c.submit(req("b1", "1x8")).outcome is AdmissionOutcome.ADMITTED
+    assert len(c.status()["running"]) == 2

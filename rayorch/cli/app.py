@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from rayorch.cli import backfill, data, demo, sensors
+from rayorch.cli import backfill, cluster, data, demo, registry, sensors, simulate
 
 app = typer.Typer(
     help="rayorch: a training orchestrator on Ray (backfills, sensors, training, registry).",
@@ -20,6 +20,9 @@ app.command("status")(backfill.status_cmd)
 app.add_typer(backfill.backfill_app, name="backfill")
 app.add_typer(data.app, name="data")
 app.add_typer(sensors.app, name="sensors")
+app.add_typer(registry.app, name="registry")
+app.add_typer(cluster.app, name="cluster")
+app.command("simulate")(simulate.simulate)
 
 
 def main() -> None:

@@ -1,0 +1,101 @@
+"""`rayorch cluster status` and `rayorch cluster check`: inventory, quotas, fragmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from rayorch.cli.common import JsonOpt, cli_errors, emit_json, out
+
+app = typer.Typer(help="Cluster inventory, quotas and GPU fragmentation.", no_args_is_help=True)
+
+AddressOpt = typer.Option(None, "--address", help="Ray address (default: RAY_ADDRESS or auto).")
+ClusterOpt = typer.Option("configs/cluster.yaml", "--cluster", help="Quotas and node inventory.")
+
+
+@app.command("status")
+def status(address: str | None = AddressOpt, as_json: bool = JsonOpt) -> None:
+    """Per node free/used GPUs, queued shapes, stranded GPUs and reshape suggestions."""
+    from rayorch.scheduling.controller import live_status
+
+    with cli_errors(as_json):
+        report = live_status(address)
+        if as_json:
+            emit_json(report)
+            return
+        _print_status(report)
+
+
+def _print_status(r: dict[str, Any]) -> None:
+    table = Table(title=f"cluster ({r['scheduler'].replace('not running', 'no scheduler')})")
+    for col in ("node", "shape", "used", "free", "stranded", "workloads"):
+        table.add_column(col, overflow="fold")
+    for n in r["nodes"]:
+        table.add_row(
+            n["node_id"][:12],
+            n["shape"],
+            str(n["used_gpus"]),
+            str(n["free_gpus"]),
+            str(n["stranded_gpus"]),
+            ", ".join(n["workloads"]),
+        )
+    out.print(table)
+    out.print(
+        f"GPUs: {r['total_gpus']} total, {r['free_gpus']} free, "
+        f"{r['stranded_gpus']} stranded (free but no queued shape can use them)"
+    )
+    if r["queued_shapes"]:
+        out.print("queued shapes: " + ", ".join(f"{k} x{v}" for k, v in r["queued_shapes"].items()))
+    for q in r.get("queue", []):
+        d = q.get("decision") or {}
+        out.print(
+            f"  queued {q['workload_id']} ({q['shape']}, {q['priority']}): "
+            f"{d.get('outcome', '?')} - {d.get('detail', '')}"
+        )
+    for s in r["suggestions"]:
+        out.print(f"[bold]suggestion:[/] {s['text']}")
+
+
+@app.command("check")
+def check(
+    shape: str = typer.Argument(..., help="Job shape, e.g. '1x16', '2x4', 'A100:8'."),
+    cluster: str = ClusterOpt,
+    allow_reshape: bool = typer.Option(False, "--allow-reshape", help="May run cut differently."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Plan-time check: can this shape ever run on the configured inventory, and where?"""
+    from rayorch.scheduling.model import NodeState, Request
+    from rayorch.scheduling.placement import never_fits, place
+    from rayorch.scheduling.quota import load_cluster
+    from rayorch.scheduling.shapes import parse_job_shape
+
+    with cli_errors(as_json):
+        spec = load_cluster(cluster)
+        shapes = spec.node_shapes()
+        req = Request("check", "check", parse_job_shape(shape), allow_reshape=allow_reshape)
+        why = never_fits(req, shapes)
+        plan = (
+            None
+            if why
+            else place(req, [NodeState.empty(f"node-{i}", s) for i, s in enumerate(shapes)])
+        )
+        doc = {
+            "shape": shape,
+            "fits": why is None,
+            "reason": why,
+            "placement_on_empty_cluster": plan.to_dict() if plan else None,
+        }
+        if as_json:
+            emit_json(doc)
+        elif why:
+            out.print(f"[bold red]REJECTED[/] {shape}: {why}")
+        else:
+            assert plan is not None
+            out.print(
+                f"[green]fits[/] {shape} as {plan.shape} ({plan.strategy.value}) on "
+                + ", ".join(f"{k}:{v} GPUs" for k, v in plan.gpus_by_node().items())
+            )
+        if why:
+            raise typer.Exit(1)

@@ -1,0 +1,371 @@
+"""The scheduler: one named Ray actor every driver talks to. It decides nothing itself.
+
+Each cycle builds a :class:`Snapshot` (node shapes from Ray, free capacity from its own
+accounting, running work), calls the pure :func:`schedule`, and carries the decisions out:
+
+* ``ADMITTED`` - creates the placement group (bundles pinned to the planned nodes with Ray's
+  ``ray.io/node-id`` label, strategy from the plan) and records the work as running;
+* ``PREEMPT``  - flags the victims; they see ``yield_requested`` at their next step boundary,
+  checkpoint, stop, and their driver calls ``release(victim, requeue=True)``;
+* ``QUEUED``   - keeps the request; every later cycle retries it;
+* ``REJECTED`` - drops the request; the caller gets the reason at once.
+
+A cycle runs on every ``submit``, ``poll`` and ``release``, so a production request waiting
+for a victim is admitted by the very cycle that the victim's ``release`` triggers. Calls are
+short and never block, so the actor runs them one at a time (no locks).
+
+Driver-side use (see :func:`admit_and_wait`)::
+
+    sched = get_scheduler(spec)
+    a = ray.get(sched.submit.remote(request))          # Admission
+    pg = ray.get(sched.placement_group.remote(wid))    # once ADMITTED
+    ... run in pg; at step boundaries: ray.get(sched.yield_requested.remote(wid)) ...
+    ray.get(sched.release.remote(wid, requeue=yielded))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from rayorch.errors import NotFoundError
+from rayorch.scheduling.admission import POLICIES, Admission, AdmissionOutcome
+from rayorch.scheduling.cycle import queue_order, schedule
+from rayorch.scheduling.fragmentation import fragmentation_report
+from rayorch.scheduling.model import (
+    NodeState,
+    PlacementPlan,
+    Request,
+    RunningWorkload,
+    Snapshot,
+)
+from rayorch.scheduling.quota import ClusterSpec
+
+SCHEDULER_NAME = "rayorch-scheduler"
+SCHEDULER_NAMESPACE = "rayorch"
+
+
+class SchedulerController:
+    """Body of the named actor (also usable in-process for tests of the bookkeeping)."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        policy: str = "rayorch",
+        nodes: tuple[NodeState, ...] | None = None,
+        create_placement_groups: bool = True,
+    ) -> None:
+        self._spec = spec
+        self._policy = POLICIES[policy]
+        self._static_nodes = nodes  # None: read node shapes from Ray
+        self._create_pgs = create_placement_groups
+        self._pending: dict[str, Request] = {}
+        self._running: dict[str, RunningWorkload] = {}
+        self._yield_at: dict[str, float] = {}  # victim -> when it was asked to yield
+        self._pgs: dict[str, Any] = {}
+        self._last: dict[str, Admission] = {}
+        self._requests: dict[str, Request] = {}  # admitted work's request, for requeueing
+        self._cycles = 0
+        self._nodes_cache: tuple[float, tuple[NodeState, ...]] | None = None
+
+    # --- driver API -------------------------------------------------------------------------
+    def submit(self, request: Request) -> Admission:
+        """Queue ``request`` (idempotent by workload id) and run a cycle; return its decision."""
+        wid = request.workload_id
+        if wid not in self._running:
+            if not request.submitted_at:
+                request = replace(request, submitted_at=time.time())
+            self._pending.setdefault(wid, request)
+        self._cycle()
+        return self._last[wid]
+
+    def poll(self, workload_id: str) -> Admission:
+        """Run a cycle and return the latest decision for ``workload_id``."""
+        self._cycle()
+        if workload_id not in self._last:
+            raise NotFoundError(
+                f"workload {workload_id!r} was never submitted", workload_id=workload_id
+            )
+        return self._last[workload_id]
+
+    def placement_group(self, workload_id: str) -> Any:
+        """The placement group of admitted work (a picklable handle)."""
+        if workload_id not in self._pgs:
+            raise NotFoundError(
+                f"workload {workload_id!r} holds no placement group", workload_id=workload_id
+            )
+        return self._pgs[workload_id]
+
+    def placement(self, workload_id: str) -> PlacementPlan:
+        if workload_id not in self._running:
+            raise NotFoundError(f"workload {workload_id!r} is not running", workload_id=workload_id)
+        return self._running[workload_id].placement
+
+    def yield_requested(self, workload_id: str) -> bool:
+        """True once the scheduler asked this running unit to checkpoint and stop."""
+        return workload_id in self._yield_at
+
+    def release(self, workload_id: str, requeue: bool = False) -> Admission | None:
+        """Give back a unit's capacity (done, failed, or yielded). ``requeue``: it goes back to
+        the queue with its original submission time and resumes later from its checkpoint.
+        Runs a cycle, so whoever waited for this capacity is admitted now."""
+        w = self._running.pop(workload_id, None)
+        pg = self._pgs.pop(workload_id, None)
+        if pg is not None:
+            import ray.util
+
+            ray.util.remove_placement_group(pg)
+        self._yield_at.pop(workload_id, None)
+        if w is not None and requeue:
+            req = self._requests[workload_id]
+            self._pending[workload_id] = req
+        elif w is None:
+            self._pending.pop(workload_id, None)  # cancel a queued request
+        self._cycle()
+        return self._last.get(workload_id) if requeue else None
+
+    def cycle(self) -> int:
+        """Run one scheduling cycle now; returns the cycle count."""
+        self._cycle()
+        return self._cycles
+
+    def cycles(self) -> int:
+        return self._cycles
+
+    def status(self) -> dict[str, Any]:
+        """Per-node free/used GPUs, running work, the queue, stranded GPUs, suggestions."""
+        snap = self._snapshot()
+        queued = queue_order(list(self._pending.values()), self._policy)
+        report = fragmentation_report(snap, queued)
+        borrowed = snap.borrowed_ids()
+        report["policy"] = self._policy.name
+        report["cycles"] = self._cycles
+        report["running"] = [
+            {
+                "workload_id": w.workload_id,
+                "namespace": w.namespace,
+                "priority": w.priority.value,
+                "gpus": w.gpus,
+                "borrowed": w.workload_id in borrowed,
+                "yielding": w.workload_id in self._yield_at,
+                "placement": w.placement.to_dict(),
+            }
+            for w in self._running.values()
+        ]
+        report["queue"] = [
+            {
+                **r.to_dict(),
+                "decision": self._last[r.workload_id].to_dict()
+                if r.workload_id in self._last
+                else None,
+            }
+            for r in queued
+        ]
+        report["namespaces"] = {
+            ns: {
+                "gpus_used": snap.usage(ns)[0],
+                "gpus_quota": q.gpus,
+                "units": snap.usage(ns)[2],
+                "max_concurrent_units": q.max_concurrent_units,
+                "can_borrow": q.can_borrow,
+            }
+            for ns, q in self._spec.namespaces.items()
+        }
+        return report
+
+    # --- the cycle ----------------------------------------------------------------------------
+    def _nodes(self) -> tuple[NodeState, ...]:
+        if self._static_nodes is not None:
+            return self._static_nodes
+        now = time.monotonic()
+        if self._nodes_cache is None or now - self._nodes_cache[0] > self._spec.scheduling_cycle_s:
+            from rayorch.scheduling.inventory import read_nodes
+
+            self._nodes_cache = (now, read_nodes())
+        return self._nodes_cache[1]
+
+    def _snapshot(self) -> Snapshot:
+        used: dict[str, tuple[int, float]] = {}
+        for w in self._running.values():
+            for b in w.placement.bundles:
+                g, c = used.get(b.node_id, (0, 0.0))
+                used[b.node_id] = (g + b.gpus, c + b.cpus)
+        nodes = tuple(
+            replace(
+                n,
+                free_gpus=n.shape.gpus - used.get(n.node_id, (0, 0.0))[0],
+                free_cpus=n.shape.cpus - used.get(n.node_id, (0, 0.0))[1],
+            )
+            for n in self._nodes()
+        )
+        running = tuple(
+            replace(w, yielding=w.workload_id in self._yield_at) for w in self._running.values()
+        )
+        return Snapshot(self._spec, nodes, running, time.time())
+
+    def _cycle(self) -> None:
+        self._cycles += 1
+        self._force_overdue_yields()
+        result = schedule(list(self._pending.values()), self._snapshot(), self._policy)
+        for d in result.decisions:
+            self._last[d.workload_id] = d
+            if d.outcome is AdmissionOutcome.ADMITTED:
+                req = self._pending.pop(d.workload_id)
+                assert d.placement is not None
+                self._requests[d.workload_id] = req
+                self._running[d.workload_id] = RunningWorkload(
+                    req.workload_id,
+                    req.namespace,
+                    req.priority,
+                    d.placement,
+                    started_at=time.time(),
+                )
+                if self._create_pgs:
+                    self._pgs[d.workload_id] = self._create_pg(d.workload_id, d.placement)
+            elif d.outcome is AdmissionOutcome.PREEMPT:
+                for v in d.victims:
+                    self._yield_at.setdefault(v, time.monotonic())
+            elif d.outcome is AdmissionOutcome.REJECTED:
+                self._pending.pop(d.workload_id, None)
+
+    def _force_overdue_yields(self) -> None:
+        """A victim that did not release within ``yield_grace_s`` loses its placement group
+        (Ray kills what runs in it) and goes back to the queue; it resumes from its last
+        checkpoint, which is older than a cooperative yield's."""
+        now = time.monotonic()
+        for wid, at in list(self._yield_at.items()):
+            if now - at > self._spec.yield_grace_s and wid in self._running:
+                self._running.pop(wid)
+                pg = self._pgs.pop(wid, None)
+                if pg is not None:
+                    import ray.util
+
+                    ray.util.remove_placement_group(pg)
+                self._yield_at.pop(wid)
+                self._pending[wid] = self._requests[wid]
+
+    def _create_pg(self, workload_id: str, plan: PlacementPlan) -> Any:
+        from ray.util import placement_group
+
+        return placement_group(
+            plan.ray_bundles(),
+            strategy=plan.strategy.value,
+            name=f"rayorch:{workload_id}",
+            bundle_label_selector=plan.label_selectors(),
+        )
+
+
+def get_scheduler(
+    spec: ClusterSpec | None = None, policy: str = "rayorch", create_placement_groups: bool = True
+) -> Any:
+    """The named scheduler actor, created on first use (``get_if_exists``).
+
+    ``spec`` is needed only by whoever creates it; later callers get the running actor as is.
+    """
+    import ray
+
+    if spec is None:
+        return ray.get_actor(SCHEDULER_NAME, namespace=SCHEDULER_NAMESPACE)
+    actor_cls = ray.remote(num_cpus=0, max_restarts=0)(SchedulerController)
+    return actor_cls.options(
+        name=SCHEDULER_NAME,
+        namespace=SCHEDULER_NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+    ).remote(spec, policy, None, create_placement_groups)
+
+
+def admit_and_wait(
+    scheduler: Any, request: Request, timeout_s: float = 3600.0, poll_s: float | None = None
+) -> tuple[Admission, Any]:
+    """Submit and wait until admitted; return (admission, ready placement group).
+
+    A REJECTED admission is returned at once with ``None`` for the placement group, so the
+    caller reports its reason; waiting longer than ``timeout_s`` raises InfrastructureError.
+    """
+    import ray
+
+    a: Admission = ray.get(scheduler.submit.remote(request))
+    deadline = time.monotonic() + timeout_s
+    interval = poll_s or 1.0
+    while a.outcome is not AdmissionOutcome.ADMITTED:
+        if a.outcome is AdmissionOutcome.REJECTED:
+            return a, None
+        if time.monotonic() > deadline:
+            from rayorch.errors import InfrastructureError
+
+            raise InfrastructureError(
+                f"{request.workload_id} not admitted within {timeout_s:g}s: {a.reason.value}",
+                workload_id=request.workload_id,
+                reason=a.reason.name,
+            )
+        time.sleep(interval)
+        a = ray.get(scheduler.poll.remote(request.workload_id))
+    pg = ray.get(scheduler.placement_group.remote(request.workload_id))
+    ray.get(pg.ready(), timeout=max(1.0, deadline - time.monotonic()))
+    return a, pg
+
+
+def run_in_placement_group(
+    remote_fn: Any,
+    pg: Any,
+    *args: Any,
+    bundle_index: int = 0,
+    num_gpus: float | None = None,
+    num_cpus: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Launch a Ray task (or actor class) inside bundle ``bundle_index`` of ``pg``."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    opts: dict[str, Any] = {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=pg,
+            placement_group_bundle_index=bundle_index,
+            placement_group_capture_child_tasks=True,
+        )
+    }
+    if num_gpus is not None:
+        opts["num_gpus"] = num_gpus
+    if num_cpus is not None:
+        opts["num_cpus"] = num_cpus
+    return remote_fn.options(**opts).remote(*args, **kwargs)
+
+
+def scaling_config_kwargs(plan: PlacementPlan) -> dict[str, Any]:
+    """How a plan maps onto Ray Train's ``ScalingConfig``: one worker per bundle.
+
+    Ray Train creates its own placement group from these; pass them with
+    ``create_placement_groups=False`` on the scheduler so capacity is accounted, not reserved
+    twice.
+    """
+    b = plan.bundles[0]
+    return {
+        "num_workers": len(plan.bundles),
+        "use_gpu": b.gpus > 0,
+        "resources_per_worker": {"CPU": b.cpus, **({"GPU": float(b.gpus)} if b.gpus else {})},
+        "placement_strategy": plan.strategy.value,
+    }
+
+
+def live_status(address: str | None = None) -> dict[str, Any]:
+    """``rayorch cluster status``: the scheduler's report, or the bare inventory without one."""
+    import ray
+
+    from rayorch.scheduling.inventory import connect, read_nodes
+    from rayorch.scheduling.quota import NamespaceQuota
+
+    connect(address)
+    try:
+        actor = ray.get_actor(SCHEDULER_NAME, namespace=SCHEDULER_NAMESPACE)
+    except ValueError:
+        actor = None
+    if actor is not None:
+        report = ray.get(actor.status.remote())
+        report["scheduler"] = "running"
+        return report
+    snap = Snapshot(ClusterSpec(namespaces={"default": NamespaceQuota()}), read_nodes())
+    report = fragmentation_report(snap, [])
+    report.update(scheduler="not running", running=[], queue=[], namespaces={})
+    return report
