@@ -27,6 +27,9 @@ from rayorch.faults import crash_point
 from rayorch.ledger.states import BackfillState, Reprocess, UnitState
 from rayorch.ledger.store import DEFAULT_LEASE_S, ClaimOutcome, Ledger, UnitSpec
 
+_COMMIT_BATCH = 64
+_LINGER_S = 0.02
+
 
 class OnConflict(str, enum.Enum):
     SKIP = "skip"  # leave units held by another live backfill to it
@@ -228,11 +231,11 @@ class BackfillDriver:
                     continue
                 timeout = 1.0 if not delayed else max(0.0, min(d[0] for d in delayed) - now)
                 done, _ = ray.wait(list(inflight), num_returns=1, timeout=min(timeout, 1.0))
-                if done:
+                if done and len(inflight) > 1:
+                    # Linger briefly so results commit in batches (one ledger transaction each).
+                    rest = [r for r in inflight if r != done[0]]
                     more, _ = ray.wait(
-                        [r for r in inflight if r not in done],
-                        num_returns=len(inflight) - len(done),
-                        timeout=0,
+                        rest, num_returns=min(len(rest), _COMMIT_BATCH), timeout=_LINGER_S
                     )
                     done = done + more
                 commits: list[tuple[Unit, int, dict[str, Any]]] = []

@@ -21,8 +21,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from rayorch.errors import ClaimHeldError, InfrastructureError, NotFoundError, StaleTokenError
 from rayorch.ledger.schema import (
@@ -434,23 +444,27 @@ class Ledger:
         lease_s: float = DEFAULT_LEASE_S,
         take_own: bool = False,
     ) -> list[ClaimResult]:
-        """Claim each key with one conditional UPDATE; all in one transaction.
+        """Claim keys with one conditional, set-based UPDATE per chunk, in one transaction.
 
         A key is granted when its state is claimable under ``reprocess`` and nobody else holds
-        a live lease. ``retry`` lets this backfill re-claim its own RUNNING unit (a retry).
-        The new token is the old one plus one: tokens only grow.
+        a live lease. ``take_own`` lets this backfill re-claim its own RUNNING unit (a retry,
+        or a resumed backfill taking over what its dead driver held). The new token is the old
+        one plus one: tokens only grow. Keys are locked in sorted order, so two drivers
+        claiming overlapping batches cannot deadlock.
         """
         now = self.clock()
         claimable = [s.value for s in reprocess.claimable()]
-        results: list[ClaimResult] = []
-        with self.tx() as c:
-            for key in run_keys:
-                free = (units.c.state != UnitState.RUNNING.value) | (units.c.lease_until < now)
-                if take_own:
-                    free = free | (units.c.holder == backfill_id)
+        keys = sorted(set(run_keys))
+        free = (units.c.state != UnitState.RUNNING.value) | (units.c.lease_until < now)
+        if take_own:
+            free = free | (units.c.holder == backfill_id)
+
+        def attempt(c: Connection) -> tuple[dict[str, int], dict[str, UnitRow]]:
+            granted: dict[str, int] = {}
+            for chunk in _chunks(keys, 500):
                 res = c.execute(
                     update(units)
-                    .where(units.c.run_key == key)
+                    .where(units.c.run_key.in_(chunk))
                     .where(units.c.state.in_(claimable))
                     .where(free)
                     .values(
@@ -461,26 +475,32 @@ class Ledger:
                         attempts=units.c.attempts + 1,
                         updated_at=now,
                     )
-                    .returning(units.c.token)
+                    .returning(units.c.run_key, units.c.token)
                 )
-                token = res.scalar()
-                if token is not None:
-                    self._event(c, key, backfill_id, "CLAIM", token, now)
-                    results.append(ClaimResult(key, ClaimOutcome.GRANTED, token))
-                    continue
-                row = c.execute(select(units).where(units.c.run_key == key)).first()
-                if row is None:
-                    raise NotFoundError(
-                        f"unit {key!r} is not registered in the ledger", run_key=key
-                    )
-                unit = _row_to_unit(row)
-                if unit.state is UnitState.DONE:
-                    outcome = ClaimOutcome.ALREADY_DONE
-                elif unit.state is UnitState.FAILED:
-                    outcome = ClaimOutcome.FAILED_BEFORE
-                else:
-                    outcome = ClaimOutcome.HELD
-                results.append(ClaimResult(key, outcome, None, unit))
+                granted.update({k: t for k, t in res.all()})
+            self._events(c, backfill_id, "CLAIM", granted.items(), now)
+            others: dict[str, UnitRow] = {}
+            for chunk in _chunks([k for k in keys if k not in granted], 500):
+                for r in c.execute(select(units).where(units.c.run_key.in_(chunk))):
+                    others[r.run_key] = _row_to_unit(r)
+            return granted, others
+
+        granted, others = self._retry_tx(attempt)
+        results: list[ClaimResult] = []
+        for key in run_keys:
+            if key in granted:
+                results.append(ClaimResult(key, ClaimOutcome.GRANTED, granted[key]))
+                continue
+            unit = others.get(key)
+            if unit is None:
+                raise NotFoundError(f"unit {key!r} is not registered in the ledger", run_key=key)
+            if unit.state is UnitState.DONE:
+                outcome = ClaimOutcome.ALREADY_DONE
+            elif unit.state is UnitState.FAILED:
+                outcome = ClaimOutcome.FAILED_BEFORE
+            else:
+                outcome = ClaimOutcome.HELD
+            results.append(ClaimResult(key, outcome, None, unit))
         return results
 
     def commit_many(
@@ -488,46 +508,106 @@ class Ledger:
     ) -> list[StaleTokenError | None]:
         """Fenced commits: each accepted only if its token is still the key's current one."""
         now = self.clock()
+        ordered = sorted(commits, key=lambda x: x[0])
+        stmt = (
+            update(units)
+            .where(units.c.run_key == bindparam("b_key"))
+            .where(units.c.token == bindparam("b_token"))
+            .where(units.c.state == UnitState.RUNNING.value)
+            .values(
+                state=UnitState.DONE.value,
+                committed_token=bindparam("b_token"),
+                committed_at=now,
+                committed_by=backfill_id,
+                holder=None,
+                lease_until=None,
+                last_error=None,
+                output=bindparam("b_output"),
+                updated_at=now,
+            )
+        )
+        params = [
+            {"b_key": k, "b_token": t, "b_output": json.dumps(o, sort_keys=True)}
+            for k, t, o in ordered
+        ]
+
+        def attempt(c: Connection) -> dict[str, Any]:
+            if params:
+                c.execute(stmt, params)
+            rows = {}
+            for chunk in _chunks([k for k, _, _ in ordered], 500):
+                for r in c.execute(
+                    select(
+                        units.c.run_key,
+                        units.c.token,
+                        units.c.state,
+                        units.c.holder,
+                        units.c.committed_token,
+                        units.c.committed_at,
+                        units.c.committed_by,
+                    ).where(units.c.run_key.in_(chunk))
+                ):
+                    rows[r.run_key] = r
+            accepted = [
+                (k, t)
+                for k, t, _ in ordered
+                if (r := rows.get(k)) is not None
+                and r.state == UnitState.DONE.value
+                and r.committed_token == t
+                and r.committed_at == now
+                and r.committed_by == backfill_id
+            ]
+            self._events(c, backfill_id, "COMMIT", accepted, now)
+            return {"rows": rows, "accepted": {k for k, _ in accepted}}
+
+        got = self._retry_tx(attempt)
         out: list[StaleTokenError | None] = []
-        with self.tx() as c:
-            for key, token, output in commits:
-                res = c.execute(
-                    update(units)
-                    .where(units.c.run_key == key)
-                    .where(units.c.token == token)
-                    .where(units.c.state == UnitState.RUNNING.value)
-                    .values(
-                        state=UnitState.DONE.value,
-                        committed_token=token,
-                        committed_at=now,
-                        committed_by=backfill_id,
-                        holder=None,
-                        lease_until=None,
-                        last_error=None,
-                        output=json.dumps(output, sort_keys=True),
-                        updated_at=now,
-                    )
+        for key, token, _ in commits:
+            if key in got["accepted"]:
+                out.append(None)
+                continue
+            cur = got["rows"].get(key)
+            current = cur.token if cur else None
+            out.append(
+                StaleTokenError(
+                    f"commit of {key} with token {token} refused: current token is {current} "
+                    f"(state {cur.state if cur else 'unknown'}, "
+                    f"held by {cur.holder if cur else None})",
+                    run_key=key,
+                    token=token,
+                    current_token=current,
                 )
-                if res.rowcount == 1:
-                    self._event(c, key, backfill_id, "COMMIT", token, now)
-                    out.append(None)
-                    continue
-                cur = c.execute(
-                    select(units.c.token, units.c.state, units.c.holder).where(
-                        units.c.run_key == key
-                    )
-                ).first()
-                current = cur.token if cur else None
-                out.append(
-                    StaleTokenError(
-                        f"commit of {key} with token {token} refused: current token is {current} "
-                        f"(state {cur.state if cur else 'unknown'}, held by {cur.holder if cur else None})",
-                        run_key=key,
-                        token=token,
-                        current_token=current,
-                    )
-                )
+            )
         return out
+
+    def _events(
+        self, c: Connection, backfill_id: str, ev: str, items: Iterable[tuple[str, int]], now: float
+    ) -> None:
+        rows = [
+            {
+                "run_key": k,
+                "backfill_id": backfill_id,
+                "event": ev,
+                "token": t,
+                "at": now,
+                "detail": None,
+            }
+            for k, t in items
+        ]
+        if rows:
+            c.execute(insert(unit_events), rows)
+
+    def _retry_tx(self, fn: Callable[[Connection], Any], attempts: int = 5) -> Any:
+        """Run ``fn`` in a transaction; retry when the database reports a deadlock."""
+        for i in range(attempts):
+            try:
+                with self.tx() as c:
+                    return fn(c)
+            except OperationalError as e:
+                if i == attempts - 1 or not _is_transient(e):
+                    raise
+                time.sleep(0.01 * (2**i))
+        raise AssertionError("unreachable")
 
     def commit(self, backfill_id: str, run_key: str, token: int, output: dict[str, Any]) -> None:
         err = self.commit_many(backfill_id, [(run_key, token, output)])[0]
@@ -624,6 +704,11 @@ class Ledger:
                 detail=detail,
             )
         )
+
+
+def _is_transient(e: OperationalError) -> bool:
+    text = str(e).lower()
+    return "deadlock" in text or "could not serialize" in text or "database is locked" in text
 
 
 def _chunks(seq: Sequence[str], n: int) -> Iterator[Sequence[str]]:
