@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayorch.partitions import PartitionKey
@@ -26,6 +27,7 @@ SUCCESS_MARKER = "_SUCCESS"
 MANIFEST_NAME = "_manifest.json"
 STAGING_DIR = "_staging"
 MANIFEST_VERSION = 1
+_TAIL_READ = 64 * 1024
 
 
 def hour_dirname(hour: int, sub_dim: str = "hour") -> str:
@@ -56,28 +58,35 @@ class FileEntry:
     content_hash: str
 
 
-def parquet_file_entry(path: str | Path) -> FileEntry:
-    """Describe a parquet file from its size and footer.
+def read_footer(path: str | Path) -> tuple[FileEntry, pa.Schema]:
+    """Describe a parquet file from one read of its tail: size, rows, schema, content hash.
 
     The content hash is sha256 over the file size and the serialized footer, which holds every
-    column chunk's offsets, sizes and statistics: any rewrite of the data changes it, and it costs
-    one small read instead of a scan.
+    column chunk's offsets, sizes and statistics: any rewrite of the data changes it, and it
+    costs one small read instead of a scan.
     """
     p = Path(path)
-    size = p.stat().st_size
     with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         if size < 12:
             raise ValueError(f"{p}: too small to be parquet ({size} bytes)")
-        f.seek(size - 8)
-        tail = f.read(8)
-        if tail[4:] != b"PAR1":
+        f.seek(max(0, size - _TAIL_READ))
+        tail = f.read()
+        if tail[-4:] != b"PAR1":
             raise ValueError(f"{p}: not a parquet file (no PAR1 footer magic)")
-        (footer_len,) = struct.unpack("<I", tail[:4])
-        f.seek(size - 8 - footer_len)
-        footer = f.read(footer_len)
-    meta = pq.read_metadata(p)
+        (footer_len,) = struct.unpack("<I", tail[-8:-4])
+        if footer_len + 8 > len(tail):
+            f.seek(size - 8 - footer_len)
+            tail = f.read()
+    footer = tail[-(footer_len + 8) : -8]
+    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
     digest = hashlib.sha256(str(size).encode() + b"\0" + footer).hexdigest()
-    return FileEntry(path=str(p), size=size, rows=meta.num_rows, content_hash=digest)
+    entry = FileEntry(path=str(p), size=size, rows=meta.num_rows, content_hash=digest)
+    return entry, meta.schema.to_arrow_schema()
+
+
+def parquet_file_entry(path: str | Path) -> FileEntry:
+    return read_footer(path)[0]
 
 
 def combine_hashes(hashes: list[str]) -> str:

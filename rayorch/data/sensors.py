@@ -24,8 +24,8 @@ from rayorch.data.layout import (
     SUCCESS_MARKER,
     FileEntry,
     PartitionManifest,
-    parquet_file_entry,
     raw_partition_dir,
+    read_footer,
 )
 from rayorch.partitions import PartitionKey
 from rayorch.spec import FreshnessSpec
@@ -298,10 +298,10 @@ def observe_partition(
                 continue
             path = os.path.join(entry.path, name)
             try:
-                files.append(parquet_file_entry(path))
+                entry_, arrow_schema = read_footer(path)
+                files.append(entry_)
                 if schema is None:
-                    s = pq.read_schema(path)
-                    schema = tuple((fld.name, _arrow_type_name(fld.type)) for fld in s)
+                    schema = tuple((fld.name, str(fld.type)) for fld in arrow_schema)
                 data_files.append(path)
             except Exception as e:  # a corrupt file is a finding, not a crash
                 error = f"{name}: {e}"
