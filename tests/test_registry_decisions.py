@@ -72,6 +72,22 @@ def req(version: str = "2", expected: str | None = "1") -> PromotionRequest:
         # gates come before the CAS: a bad version is REJECTED even on a stale expectation
         (req("2", "1"), "3", GAP, STRICT, Out.REJECTED, "exceeds max_loss_ratio"),
         (req("2", "1"), "1", GAP, GatesSpec(), Out.APPLIED, "1 -> 2"),
+        (
+            PromotionRequest(model="fraud", version="2", alias="v3", expected_current="1"),
+            "1",
+            GOOD,
+            GatesSpec(),
+            Out.REJECTED,
+            "reserved by MLflow",
+        ),
+        (
+            PromotionRequest(model="fraud", version="2", alias="", expected_current="1"),
+            "1",
+            GOOD,
+            GatesSpec(),
+            Out.REJECTED,
+            "not a valid MLflow alias",
+        ),
     ],
 )
 def test_decide_promotion_table(request_, current, facts, gates, outcome, reason_part):
@@ -196,12 +212,21 @@ def test_rollback_plan_table(steps, expected, target):
 )
 def test_compare_deployed_table(alias_version, expected, deployed, status, deployed_version, part):
     r = compare_deployed(
-        "fraud", "production", alias_version, expected, deployed, {"1": "a" * 64, "2": "b" * 64}
+        "fraud", "production", alias_version, expected, (deployed,), {"1": "a" * 64, "2": "b" * 64}
     )
     assert r.status is status
     assert r.deployed_version == deployed_version
     assert any(part in x for x in r.reasons), r.reasons
     assert r.to_dict()["status"] == status.value
+
+
+def test_compare_deployed_matches_any_equivalent_digest():
+    # the same files digested with MLflow's download marker in another form
+    r = compare_deployed(
+        "fraud", "production", "2", "b" * 64, ("c" * 64, "b" * 64), {"2": "b" * 64}
+    )
+    assert r.status is VerifyStatus.MATCH and r.deployed_digest == "c" * 64
+    assert r.deployed_version == "2"
 
 
 def test_outcome_success_flags_and_registry_errors_pickle():

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from rayorch.cli.common import JsonOpt, cli_errors, emit_json, out
 from rayorch.errors import ConfigError
@@ -134,7 +133,7 @@ def rollback_cmd(
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @app.command("history")
@@ -152,19 +151,20 @@ def history_cmd(
     if as_json:
         emit_json([r.to_dict() for r in rows])
         return
-    t = Table(title=f"{model}: promotion history")
-    for col in ("#", "when (UTC)", "alias", "kind", "from", "to", "expected", "outcome", "phase"):
-        t.add_column(col)
-    t.add_column("who")
-    t.add_column("reasons", overflow="fold")
+    # One block per attempt: stays readable at any terminal width (use --json for tools).
+    colour = {"APPLIED": "green", "ALREADY_TARGET": "green", "CONFLICT": "yellow"}
+    out.print(f"[bold]{model}[/]: {len(rows)} promotion attempt(s)", highlight=False)
     for r in rows:
         who = f"{r.who.get('user', '?')}@{r.who.get('host', '?')}:{r.who.get('pid', '?')}"
-        t.add_row(
-            str(r.id), _when(r.started_at), r.alias, r.kind, r.from_version or "none",
-            r.to_version, r.expected or "none", r.outcome.value, r.phase.value, who,
-            "; ".join(r.reasons),
-        )  # fmt: skip
-    out.print(t)
+        phase = "" if r.phase.value == "FINISHED" else f" [{r.phase.value}]"
+        out.print(
+            f"#{r.id} {_when(r.started_at)} {r.alias} {r.kind} "
+            f"{r.from_version or 'none'} -> {r.to_version} (expect {r.expected or 'none'}) "
+            f"[{colour.get(r.outcome.value, 'red')}]{r.outcome.value}[/]{phase} by {who}",
+            highlight=False,
+        )
+        for reason in r.reasons:
+            out.print(f"    - {reason}", highlight=False)
 
 
 @app.command("verify")

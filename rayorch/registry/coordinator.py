@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rayorch.errors import InfrastructureError
+from rayorch.errors import InfrastructureError, RayorchError
 from rayorch.registry.audit import AuditLog, Phase, PromotionRecord, who_am_i
 from rayorch.registry.decisions import (
     PromotionDecision,
@@ -217,12 +217,20 @@ def get_coordinator(settings: Settings | None = None) -> Any:
 
 
 def _call(fn: Any, attempts: int = 20, backoff_s: float = 0.25) -> Any:
-    """Run ``fn``; while the actor is restarting, wait and retry (answers are idempotent)."""
-    from ray.exceptions import RayActorError
+    """Run ``fn``; while the actor is restarting, wait and retry (answers are idempotent).
+
+    A rayorch error raised in the actor is re-raised as itself, not wrapped by Ray.
+    """
+    from ray.exceptions import RayActorError, RayTaskError
 
     for i in range(attempts):
         try:
             return fn()
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, RayorchError):
+                raise cause from None
+            raise
         except RayActorError as e:
             if i == attempts - 1:
                 raise InfrastructureError(

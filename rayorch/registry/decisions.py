@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,7 @@ def decide_promotion(
 ) -> PromotionDecision:
     """Decide one compare-and-set promotion.
 
-    Order: an unknown or not-READY version is REJECTED; an alias already at the target is
+    Order: a reserved alias name, an unknown or a not-READY version is REJECTED; an alias already at the target is
     ALREADY_TARGET (idempotent retries, e.g. after a coordinator crash, succeed); a version that
     fails a gate is REJECTED; an alias not at ``expected_current`` is a CONFLICT naming the
     actual current version; otherwise APPLIED.
@@ -136,6 +137,9 @@ def decide_promotion(
     def out(outcome: PromotionOutcome, *reasons: str) -> PromotionDecision:
         return PromotionDecision(outcome, tuple(reasons), current, target)
 
+    bad_alias = alias_problem(request.alias)
+    if bad_alias:
+        return out(PromotionOutcome.REJECTED, bad_alias)
     if not facts.exists:
         return out(PromotionOutcome.REJECTED, f"model {request.model!r} has no version {target!r}")
     if facts.status != READY:
@@ -155,6 +159,18 @@ def decide_promotion(
             f"{_v(request.expected_current)}; re-read it and retry with --expect {_v(current)}",
         )
     return out(PromotionOutcome.APPLIED, f"{request.alias}: {_v(current)} -> {target}")
+
+
+_RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$")
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why MLflow would refuse ``alias`` (reserved or malformed), or None."""
+    if not alias or len(alias) > 255 or "/" in alias or alias != alias.strip():
+        return f"alias {alias!r} is not a valid MLflow alias name"
+    if _RESERVED_ALIAS.match(alias):
+        return f"alias {alias!r} is reserved by MLflow ('latest', 'v<N>'); pick another name"
+    return None
 
 
 def _v(version: str | None) -> str:
@@ -232,13 +248,20 @@ def compare_deployed(
     alias: str,
     alias_version: str | None,
     expected_digest: str | None,
-    deployed_digest: str,
+    deployed_digests: Sequence[str],
     digests_by_version: Mapping[str, str],
 ) -> VerifyResult:
-    """Is the deployed artifact (by content digest) the one ``alias`` names?"""
+    """Is the deployed artifact the one ``alias`` names, by content digest?
+
+    ``deployed_digests`` are equivalent digests of the same deployed files (the first is the
+    plain one): they differ only in how MLflow's download marker is treated, see
+    ``RegistryView.deployed_digests``. Any of them equal to the recorded digest is a match.
+    """
+    candidates = set(deployed_digests)
     deployed_version = next(
-        (v for v, d in sorted(digests_by_version.items()) if d == deployed_digest), None
+        (v for v, d in sorted(digests_by_version.items()) if d in candidates), None
     )
+    deployed_digest = deployed_digests[0]
 
     def res(status: VerifyStatus, *reasons: str) -> VerifyResult:
         return VerifyResult(
@@ -254,7 +277,7 @@ def compare_deployed(
             f"version {alias_version} has no rayorch.artifact_digest tag (registered outside "
             "rayorch?)",
         )
-    if deployed_digest == expected_digest:
+    if expected_digest in candidates:
         return res(VerifyStatus.MATCH, f"deployed artifact is version {alias_version}")
     which = f"version {deployed_version}" if deployed_version else "no registered version of it"
     return res(

@@ -20,6 +20,7 @@ TRAINING_CONTEXT = "training"
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _REGISTERED_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
 _PULL_MARKER = "registered_model_meta"
+_LOGGED_MODEL_MARKER = "model_name: null\nmodel_version: null\n"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
@@ -65,7 +66,7 @@ class RegistryView:
             mv = self.client.get_model_version(model, version)
         except Exception as e:
             if _missing(e):
-                return VersionFacts.missing()
+                return VersionFacts.missing(), False
             raise self._infra("read version of", model, e) from e
         metrics: dict[str, float] = {}
         has_training = False
@@ -121,17 +122,18 @@ class RegistryView:
             if (v.tags or {}).get(TAG_ARTIFACT_DIGEST)
         }
 
-    def deployed_digest(self, deployed: str) -> str:
-        """A sha256 given as is, else the digest of the files at a path or artifact URI.
+    def deployed_digests(self, deployed: str) -> tuple[str, ...]:
+        """Digests of what is deployed: a sha256 as given, or of a directory or artifact URI.
 
         ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS`` are resolved to the version's
-        source first, so the digest covers the same files as the one taken at registration.
+        source first. A directory is digested as ``Tracker.artifact_digest`` digests it, in
+        each form MLflow's download marker can take (see ``_model_dir_digests``).
         """
         text = deployed.strip()
         if _DIGEST_RE.match(text.lower()):
-            return text.lower()
+            return (text.lower(),)
         if os.path.isdir(text):
-            return _model_dir_digest(text)
+            return _model_dir_digests(text)
         import mlflow.artifacts
 
         try:
@@ -140,7 +142,7 @@ class RegistryView:
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=source, dst_path=tmp, tracking_uri=self.uri
                 )
-                return _model_dir_digest(local)
+                return _model_dir_digests(local)
         except Exception as e:
             raise InfrastructureError(
                 f"cannot read the deployed artifact {deployed!r}: {e}. Pass a sha256 digest, "
@@ -166,15 +168,26 @@ class RegistryView:
         )
 
 
-def _model_dir_digest(root: str) -> str:
-    """``directory_digest``, ignoring the marker MLflow adds when a registered model is pulled."""
+def _model_dir_digests(root: str) -> tuple[str, ...]:
+    """The plain digest, then the digest with MLflow's download marker neutralised.
+
+    When a model is downloaded MLflow writes ``registered_model_meta`` naming where the copy
+    came from (``model_name: null`` for a logged model, the name and version for
+    ``models:/NAME/VERSION``). It is not part of the model, but registration digests include
+    whichever form the registering download had. So a deployed copy is also digested with the
+    marker removed and with it in the logged-model form; any form may match the recorded one.
+    """
+    plain = directory_digest(root)
     if not os.path.exists(os.path.join(root, _PULL_MARKER)):
-        return directory_digest(root)
+        return (plain,)
+    out = [plain]
     with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, "model")
-        shutil.copytree(
-            root,
-            copy,
-            ignore=lambda d, names: [n for n in names if d == root and n == _PULL_MARKER],
-        )
-        return directory_digest(copy)
+        shutil.copytree(root, copy)
+        marker = os.path.join(copy, _PULL_MARKER)
+        with open(marker, "w") as f:
+            f.write(_LOGGED_MODEL_MARKER)
+        out.append(directory_digest(copy))
+        os.remove(marker)
+        out.append(directory_digest(copy))
+    return tuple(dict.fromkeys(out))

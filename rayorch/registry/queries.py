@@ -29,9 +29,9 @@ def verify_deployed(
     """Is ``deployed`` (a sha256, a model directory or an artifact URI) what ``alias`` names?"""
     s = settings or load_settings()
     view = RegistryView(s.mlflow_uri)
-    deployed_digest = view.deployed_digest(deployed)
+    deployed_digests = view.deployed_digests(deployed)
     alias_version = view.current(model, alias)
     expected = view.facts(model, alias_version).artifact_digest if alias_version else None
     return compare_deployed(
-        model, alias, alias_version, expected, deployed_digest, view.version_digests(model)
+        model, alias, alias_version, expected, deployed_digests, view.version_digests(model)
     )
