@@ -169,6 +169,7 @@ class AuditLog:
         self.engine = _make_engine(url)
         self._thread_lock = threading.Lock()
         self._lock_path = _sqlite_lock_path(url)
+        self._lock_file: Any = None
         try:
             metadata.create_all(self.engine, checkfirst=True)
         except Exception as e:
@@ -179,6 +180,9 @@ class AuditLog:
                 ) from e  # else: another process created the tables concurrently
 
     def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
         self.engine.dispose()
 
     # -- writes -----------------------------------------------------------------------------
@@ -302,12 +306,14 @@ class AuditLog:
             elif self._lock_path is not None:
                 import fcntl
 
-                with open(self._lock_path, "a+b") as f:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                    try:
-                        yield
-                    finally:
-                        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                if self._lock_file is None:
+                    self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 (kept open)
+                fd = self._lock_file.fileno()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             else:  # in-memory SQLite: one process only
                 yield
 
