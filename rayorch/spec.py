@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -259,8 +259,10 @@ def _wrap_key_error(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise ValueError(e.message) from None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid pipeline config ({err.error_count()} problem(s))"]
+def format_validation_error(
+    err: ValidationError, source: str, what: str = "pipeline config"
+) -> str:
+    lines = [f"{source}: invalid {what} ({err.error_count()} problem(s))"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
@@ -268,15 +270,19 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_pipeline(data: Any, *, source: str = "<config>") -> PipelineSpec:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_config(model: type[M], data: Any, *, source: str, what: str) -> M:
+    """Validate parsed YAML into ``model``; errors name the source, the field path and why."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping", file=source, field="<root>")
     try:
-        return PipelineSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         raise ConfigError(
-            format_validation_error(e, source),
+            format_validation_error(e, source, what),
             file=source,
             field=".".join(str(p) for p in first["loc"]),
             problems=[
@@ -286,13 +292,22 @@ def parse_pipeline(data: Any, *, source: str = "<config>") -> PipelineSpec:
         ) from None
 
 
-def load_pipeline(path: str | Path) -> PipelineSpec:
-    """Load a pipeline YAML. Errors name the file, the field path and what was expected."""
+def read_yaml(path: str | Path, *, what: str = "config") -> tuple[Any, str]:
+    """Read a YAML file; a missing file or bad YAML is a ConfigError naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found", file=str(p), field=None)
+        raise ConfigError(f"{p}: {what} file not found", file=str(p), field=None)
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text()), str(p)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}", file=str(p), field=None) from None
-    return parse_pipeline(data, source=str(p))
+
+
+def parse_pipeline(data: Any, *, source: str = "<config>") -> PipelineSpec:
+    return validate_config(PipelineSpec, data, source=source, what="pipeline config")
+
+
+def load_pipeline(path: str | Path) -> PipelineSpec:
+    """Load a pipeline YAML. Errors name the file, the field path and what was expected."""
+    data, source = read_yaml(path)
+    return parse_pipeline(data, source=source)

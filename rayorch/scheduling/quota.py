@@ -10,12 +10,11 @@ import enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayorch.errors import ConfigError
 from rayorch.scheduling.shapes import NodeShape, parse_node_shape
-from rayorch.spec import format_validation_error
+from rayorch.spec import read_yaml, validate_config
 
 SCHEMA_VERSION = 1
 
@@ -118,30 +117,10 @@ class ClusterSpec(_Frozen):
 
 
 def parse_cluster(data: Any, *, source: str = "<cluster config>") -> ClusterSpec:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping", file=source, field="<root>")
-    try:
-        return ClusterSpec.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(
-            format_validation_error(e, source).replace("pipeline config", "cluster config"),
-            file=source,
-            field=".".join(str(p) for p in first["loc"]),
-            problems=[
-                {"field": ".".join(str(p) for p in x["loc"]), "message": x["msg"]}
-                for x in e.errors()
-            ],
-        ) from None
+    return validate_config(ClusterSpec, data, source=source, what="cluster config")
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
     """Load ``configs/cluster.yaml``. Errors name the file, the field path and what was expected."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: cluster config file not found", file=str(p), field=None)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}", file=str(p), field=None) from None
-    return parse_cluster(data, source=str(p))
+    data, source = read_yaml(path, what="cluster config")
+    return parse_cluster(data, source=source)

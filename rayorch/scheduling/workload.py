@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayorch.errors import ConfigError
 from rayorch.scheduling.quota import PriorityClass
 from rayorch.scheduling.shapes import JobShape, parse_job_shape
-from rayorch.spec import format_validation_error
+from rayorch.spec import read_yaml, validate_config
 
 HOUR = 3600.0
 
@@ -139,25 +138,9 @@ def expand(spec: WorkloadSpec) -> list[SimJob]:
 
 
 def parse_workload(data: Any, *, source: str = "<workload>") -> WorkloadSpec:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping", file=source, field="<root>")
-    try:
-        return WorkloadSpec.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(
-            format_validation_error(e, source).replace("pipeline config", "workload"),
-            file=source,
-            field=".".join(str(p) for p in first["loc"]),
-        ) from None
+    return validate_config(WorkloadSpec, data, source=source, what="workload")
 
 
 def load_workload(path: str | Path) -> WorkloadSpec:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: workload file not found", file=str(p), field=None)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}", file=str(p), field=None) from None
-    return parse_workload(data, source=str(p))
+    data, source = read_yaml(path, what="workload")
+    return parse_workload(data, source=source)
