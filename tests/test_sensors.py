@@ -186,3 +186,82 @@ def test_metadata_only_validation_does_not_decode_data(spec, tmp_path, monkeypat
     monkeypatch.setattr(pq, "read_table", lambda *a, **k: calls.append(a) or real(*a, **k))
     r = check_partition(spec2, str(tmp_path), KEY, DAY, LATE)
     assert r.status is SensorStatus.READY and calls == []
+
+
+# -- late data: the pure watch decision ---------------------------------------------------------
+
+F, T = "features", "train"
+
+
+def _watch_plan(tmp_path, steps=None):
+    from rayorch.backfill.plan import plan_backfill
+
+    spec = load_pipeline(small_config(tmp_path, train=True, hours=24))
+    return plan_backfill(spec, "2026-10-01", "2026-10-03", steps=steps)
+
+
+def _rk(step, part):
+    return f"fraud/{step}/{part}"
+
+
+def test_watch_picks_up_exactly_the_units_a_ready_partition_frees(tmp_path):
+    from rayorch.data.watch import UnitVerdict, candidates, decide_watch
+    from rayorch.ledger.states import UnitState
+
+    plan = _watch_plan(tmp_path)  # features 09-30..10-03 x 3 cities, train 10-01..10-03
+    late, other = "city=NYC/date=2026-10-01", "city=LA/date=2026-10-02"
+    known = {u.run_key: UnitState.DONE for u in plan.units if u.step.value == F}
+    known |= {_rk(F, late): UnitState.PENDING, _rk(F, other): UnitState.PENDING}
+    known |= {u.run_key: UnitState.PENDING for u in plan.units if u.step.value == T}
+    assert [p for p, _ in candidates([plan], known)] == [other, late]
+    status = {late: SensorStatus.READY, other: SensorStatus.PENDING}
+    d = decide_watch([plan], known, status)
+    assert d.newly_ready == (late,) and d.waiting == {other: "PENDING"}
+    got = {a.unit.run_key: a.verdict for a in d.affected}
+    assert got == {
+        _rk(F, late): UnitVerdict.RUNNABLE,
+        _rk(T, "date=2026-10-01"): UnitVerdict.RUNNABLE,  # window 09-30, 10-01
+        _rk(T, "date=2026-10-02"): UnitVerdict.BLOCKED,  # window 10-01, 10-02 (LA pending)
+    }  # train 10-03 (window 10-02, 10-03) does not read the late partition
+    blocked = next(a for a in d.affected if a.verdict is UnitVerdict.BLOCKED)
+    assert blocked.blocked_by == (f"{other} (PENDING)",) and blocked.because_of == (late,)
+    [req] = d.requests  # the training day plus the late feature unit, with the plan's keys
+    assert (req.start, req.end, req.steps) == ("2026-10-01", "2026-10-01", ("features", "train"))
+    assert req.keys == {"city": ["SF", "NYC", "LA"]}
+    assert req.run_keys == (_rk(F, late), _rk(T, "date=2026-10-01"))
+    # a long-running watch reports a partition once; a committed unit is not candidate again
+    assert decide_watch([plan], known, status, previous=status).affected == ()
+    done = known | {_rk(F, late): UnitState.DONE, _rk(T, "date=2026-10-01"): UnitState.DONE}
+    assert late not in {p for p, _ in candidates([plan], done)}
+    assert decide_watch([plan], done, {other: SensorStatus.PENDING}).affected == ()
+
+
+def test_watch_marks_done_training_and_narrows_features_only_requests(tmp_path):
+    from rayorch.data.watch import UnitVerdict, decide_watch
+    from rayorch.ledger.states import UnitState
+
+    plan = _watch_plan(tmp_path, steps="features")
+    a, b, c = (
+        "city=NYC/date=2026-10-01",
+        "city=LA/date=2026-10-01",
+        "city=SF/date=2026-10-03",
+    )
+    known = {u.run_key: UnitState.DONE for u in plan.units}
+    known |= {_rk(F, a): UnitState.PENDING, _rk(F, b): UnitState.FAILED}
+    known |= {_rk(F, c): UnitState.PENDING, _rk(F, "city=SF/date=2026-10-01"): UnitState.RUNNING}
+    status = {a: SensorStatus.READY, b: SensorStatus.READY, c: SensorStatus.READY}
+    d = decide_watch([plan], known, status)
+    assert d.newly_ready == (b, a, c)
+    assert all(x.verdict is UnitVerdict.RUNNABLE for x in d.affected)
+    assert [(r.start, r.keys, r.steps) for r in d.requests] == [
+        ("2026-10-01", {"city": ["LA", "NYC"]}, ("features",)),  # never SF (it is RUNNING)
+        ("2026-10-03", {"city": ["SF"]}, ("features",)),
+    ]
+    # with training: a DONE training unit whose window reads the partition is reported as such
+    tplan = _watch_plan(tmp_path)
+    known = {u.run_key: UnitState.DONE for u in tplan.units}
+    known[_rk(F, a)] = UnitState.PENDING
+    d = decide_watch([tplan], known, {a: SensorStatus.READY})
+    verdicts = {x.unit.run_key: x.verdict for x in d.affected}
+    assert verdicts[_rk(T, "date=2026-10-01")] is UnitVerdict.DONE
+    assert [r.run_keys for r in d.requests] == [(_rk(F, a),)]

@@ -27,7 +27,7 @@ SUCCESS_MARKER = "_SUCCESS"
 MANIFEST_NAME = "_manifest.json"
 STAGING_DIR = "_staging"
 MANIFEST_VERSION = 1
-_TAIL_READ = 64 * 1024
+_TAIL_READ = 16 * 1024  # one read holds the footer of most files
 
 
 def hour_dirname(hour: int, sub_dim: str = "hour") -> str:
@@ -65,24 +65,68 @@ def read_footer(path: str | Path) -> tuple[FileEntry, pa.Schema]:
     column chunk's offsets, sizes and statistics: any rewrite of the data changes it, and it
     costs one small read instead of a scan.
     """
-    p = Path(path)
-    with open(p, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    entry, meta = _read_footer(path)
+    return entry, meta.schema.to_arrow_schema()
+
+
+def read_footer_columns(path: str | Path) -> tuple[FileEntry, tuple[tuple[str, str], ...]]:
+    """Like :func:`read_footer`, with the schema as ``((column, arrow type name), ...)``.
+
+    The sensors' hot path: files written by Arrow carry their Arrow schema serialized in the
+    footer, and identical serialized schemas (every hour of a partition, usually) are converted
+    once per process.
+    """
+    entry, meta = _read_footer(path)
+    kv = meta.metadata or {}
+    blob = kv.get(b"ARROW:schema")
+    cols = _SCHEMA_CACHE.get(blob) if blob is not None else None
+    if cols is None:
+        cols = tuple((f.name, str(f.type)) for f in meta.schema.to_arrow_schema())
+        if blob is not None and len(_SCHEMA_CACHE) < 1024:
+            _SCHEMA_CACHE[blob] = cols
+    return entry, cols
+
+
+_SCHEMA_CACHE: dict[bytes, tuple[tuple[str, str], ...]] = {}
+
+
+def _read_footer(path: str | Path) -> tuple[FileEntry, pq.FileMetaData]:
+    p = str(path)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
         if size < 12:
             raise ValueError(f"{p}: too small to be parquet ({size} bytes)")
-        f.seek(max(0, size - _TAIL_READ))
-        tail = f.read()
+        tail = os.pread(fd, min(size, _TAIL_READ), max(0, size - _TAIL_READ))
         if tail[-4:] != b"PAR1":
             raise ValueError(f"{p}: not a parquet file (no PAR1 footer magic)")
         (footer_len,) = struct.unpack("<I", tail[-8:-4])
+        if footer_len + 8 > size - 4:
+            raise ValueError(f"{p}: footer length {footer_len} exceeds the file")
         if footer_len + 8 > len(tail):
-            f.seek(size - 8 - footer_len)
-            tail = f.read()
+            tail = os.pread(fd, footer_len + 8, size - 8 - footer_len)
+    finally:
+        os.close(fd)
     footer = tail[-(footer_len + 8) : -8]
-    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
+    meta = _parse_footer(footer, tail[-8:])
     digest = hashlib.sha256(str(size).encode() + b"\0" + footer).hexdigest()
-    entry = FileEntry(path=str(p), size=size, rows=meta.num_rows, content_hash=digest)
-    return entry, meta.schema.to_arrow_schema()
+    return FileEntry(path=p, size=size, rows=meta.num_rows, content_hash=digest), meta
+
+
+def _parse_footer(footer: bytes, trailer: bytes) -> pq.FileMetaData:
+    """Thrift-decode the footer; pyarrow's unpickling hook skips opening a file reader (4x)."""
+    if _reconstruct is not None:
+        try:
+            return _reconstruct(pa.py_buffer(footer))
+        except Exception:  # fall back to the public, slower path
+            pass
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + trailer))
+
+
+try:  # FileMetaData.__reduce__'s target: parse a serialized footer without a file reader
+    from pyarrow._parquet import _reconstruct_filemetadata as _reconstruct
+except ImportError:  # pragma: no cover - other pyarrow versions
+    _reconstruct = None
 
 
 def parquet_file_entry(path: str | Path) -> FileEntry:

@@ -13,6 +13,7 @@ import enum
 import os
 import statistics
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rayorch.data.layout import (
     FileEntry,
     PartitionManifest,
     raw_partition_dir,
-    read_footer,
+    read_footer_columns,
 )
 from rayorch.partitions import PartitionKey
 from rayorch.spec import FreshnessSpec
@@ -281,14 +282,14 @@ def observe_partition(
     prefix = f"{policy.sub_dim}="
     hours: list[HourObservation] = []
     data_files: list[str] = []
-    for entry in sorted(os.scandir(pdir), key=lambda e: e.name):
-        if not entry.is_dir() or not entry.name.startswith(prefix):
-            continue
+    with os.scandir(pdir) as it:
+        subdirs = sorted((e.name, e.path) for e in it if e.name.startswith(prefix) and e.is_dir())
+    for dirname, dirpath in subdirs:
         try:
-            hour = int(entry.name[len(prefix) :])
+            hour = int(dirname[len(prefix) :])
         except ValueError:
             continue
-        names = sorted(os.listdir(entry.path))
+        names = sorted(os.listdir(dirpath))
         marker = SUCCESS_MARKER in names
         files: list[FileEntry] = []
         schema: tuple[tuple[str, str], ...] | None = None
@@ -296,15 +297,16 @@ def observe_partition(
         for name in names:
             if not name.endswith(".parquet") or name.startswith((".", "_")):
                 continue
-            path = os.path.join(entry.path, name)
+            path = os.path.join(dirpath, name)
             try:
-                entry_, arrow_schema = read_footer(path)
-                files.append(entry_)
-                if schema is None:
-                    schema = tuple((fld.name, str(fld.type)) for fld in arrow_schema)
-                data_files.append(path)
+                entry_, cols = read_footer_columns(path)
             except Exception as e:  # a corrupt file is a finding, not a crash
                 error = f"{name}: {e}"
+                continue
+            files.append(entry_)
+            if schema is None:
+                schema = cols
+            data_files.append(path)
         hours.append(HourObservation(hour, marker, tuple(files), schema, error))
     dup_keys: tuple[str, ...] = ()
     dup_count = 0
@@ -313,6 +315,23 @@ def observe_partition(
     return ObservedPartition(
         str(key), day, True, tuple(hours), dup_keys, dup_count, tuple(trailing_rows)
     )
+
+
+def observe_partitions(
+    source_root: str | Path,
+    items: Sequence[tuple[PartitionKey, dt.date]],
+    policy: SensorPolicy,
+    workers: int | None = None,
+) -> list[ObservedPartition]:
+    """Observe many partitions, in order, with a thread pool (listing and footer reads are
+    system calls and C++ parsing; threads overlap their waits). ``workers=1``: serially."""
+    n = workers if workers is not None else min(8, (os.cpu_count() or 1) * 2)
+    if n <= 1 or len(items) < 2:
+        return [observe_partition(source_root, k, d, policy) for k, d in items]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="rayorch-sensor") as pool:
+        return list(
+            pool.map(lambda kd: observe_partition(source_root, kd[0], kd[1], policy), items)
+        )
 
 
 def duplicate_keys(files: Sequence[str], key_columns: list[str]) -> tuple[tuple[str, ...], int]:
