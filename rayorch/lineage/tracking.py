@@ -18,6 +18,11 @@ from rayorch.data.layout import PartitionManifest, combine_hashes
 TAG_RUN_KEY = "rayorch.run_key"
 TAG_GENERATION = "rayorch.generation"
 TAG_DATASET_DIGEST = "rayorch.dataset_digest"
+TAG_REPRODUCES = "rayorch.reproduces"
+TAG_CONFIG_FINGERPRINT = "rayorch.config_fingerprint"
+CONFIG_ARTIFACT_DIR = "config"
+CONFIG_ARTIFACT = f"{CONFIG_ARTIFACT_DIR}/pipeline.yaml"
+DATASET_ARTIFACT = "dataset_manifest.json"
 
 
 def dataset_digest(manifests: Sequence[PartitionManifest]) -> str:
@@ -84,6 +89,69 @@ class Tracker:
             run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         )
         return run.info.run_id, False
+
+    def start_unit_run(
+        self,
+        experiment: str,
+        run_key: str,
+        generation: int,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        *,
+        reproduces: str | None = None,
+    ) -> tuple[str, bool]:
+        """Find-or-resume the unit's run; with ``reproduces`` always a NEW run linked to it.
+
+        A reproduction carries its own generation tag (``reproduce-<id>``), so a later resume
+        of the unit never finds it instead of the unit's own run.
+        """
+        if reproduces is None:
+            return self.start_or_resume(experiment, run_key, generation, params, tags)
+        from mlflow.entities import Param
+
+        run = self.client.create_run(
+            self.experiment_id(experiment),
+            run_name=run_key.replace("/", ".") + ".reproduce",
+            tags={
+                TAG_RUN_KEY: run_key,
+                TAG_GENERATION: f"reproduce-{reproduces}",
+                TAG_REPRODUCES: reproduces,
+                **tags,
+            },
+        )
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        )
+        return run.info.run_id, False
+
+    def log_config(self, run_id: str, spec: Any) -> None:
+        """The effective pipeline config, so `rayorch reproduce` can re-run the unit."""
+        import yaml
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "pipeline.yaml")
+            with open(path, "w") as f:
+                yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), f, sort_keys=False)
+            self.client.log_artifact(run_id, path, CONFIG_ARTIFACT_DIR)
+        self.client.set_tag(run_id, TAG_CONFIG_FINGERPRINT, spec.fingerprint())
+
+    def read_artifact(self, run_id: str, path: str) -> str | None:
+        """Text of one artifact of a run, or None when the run has no such artifact."""
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.uri
+                )
+            except Exception as e:
+                if "RESOURCE_DOES_NOT_EXIST" in str(e) or "No such file" in str(e):
+                    return None
+                if not os.path.exists(os.path.join(tmp, path)):
+                    return None
+                raise
+            with open(local) as f:
+                return f.read()
 
     def log_dataset(
         self, run_id: str, name: str, manifests: Sequence[PartitionManifest], digest: str

@@ -49,6 +49,11 @@ class NamespaceQuota(_Frozen):
     borrowing_limit_gpus: int | None = Field(
         None, ge=0, description="Most GPUs borrowed beyond the quota (None = any idle GPU)."
     )
+    require_image_digest: bool = Field(
+        False,
+        description="Refuse pipelines whose environment.image is a tag (or ':latest') instead of "
+        "registry/name@sha256:<digest>; checked at config/plan time.",
+    )
 
 
 class NodePool(_Frozen):

@@ -1,0 +1,234 @@
+"""`rayorch reproduce`: compare a recorded run with the present, and re-run it when nothing moved.
+
+Everything a run recorded comes from its MLflow artifacts: ``config/pipeline.yaml`` (the
+effective config), ``dataset_manifest.json`` (exactly the partitions read, with content
+hashes) and ``environment/fingerprint.json`` (from the rank-0 Ray Train worker). The data check
+reads committed ``_manifest.json`` files and stats the files they list: metadata only, never a
+data scan. The environment check fingerprints a Ray worker started with the pipeline's
+runtime_env (what a re-run would get), or this process with ``local_env``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayorch.data.layout import MANIFEST_NAME, combine_hashes
+from rayorch.env.diff import diff_fingerprints
+from rayorch.env.fingerprint import EnvContext, Fingerprint, capture
+from rayorch.env.worker import FINGERPRINT_ARTIFACT
+from rayorch.errors import NotFoundError
+from rayorch.lineage.compare import (
+    CurrentPartition,
+    ReproduceCheck,
+    compare_metrics,
+    compare_partitions,
+)
+from rayorch.lineage.tracking import (
+    CONFIG_ARTIFACT,
+    DATASET_ARTIFACT,
+    TAG_GENERATION,
+    TAG_REPRODUCES,
+    TAG_RUN_KEY,
+    Tracker,
+)
+from rayorch.partitions import PartitionKey
+from rayorch.settings import Settings, load_settings
+from rayorch.spec import PipelineSpec, parse_pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    run_key: str
+    generation: int
+    as_of: str
+    spec: PipelineSpec
+    dataset: dict[str, Any]
+    fingerprint: Fingerprint | None
+    metrics: dict[str, float]
+
+
+def tracker_for(settings: Settings) -> Tracker:
+    return Tracker(settings.mlflow_uri, artifact_root=str(settings.home / "mlartifacts"))
+
+
+def load_run(tracker: Tracker, run_id: str) -> RunRecord:
+    try:
+        run = tracker.client.get_run(run_id)
+    except Exception as e:
+        raise NotFoundError(
+            f"no MLflow run {run_id!r} at {tracker.uri} (set MLFLOW_TRACKING_URI / RAYORCH_HOME)",
+            run_id=run_id,
+        ) from e
+    tags = run.data.tags
+    config = tracker.read_artifact(run_id, CONFIG_ARTIFACT)
+    dataset = tracker.read_artifact(run_id, DATASET_ARTIFACT)
+    if config is None or dataset is None:
+        missing = [
+            n for n, v in ((CONFIG_ARTIFACT, config), (DATASET_ARTIFACT, dataset)) if v is None
+        ]
+        raise NotFoundError(
+            f"run {run_id} lacks {', '.join(missing)}: it was not logged by a rayorch training "
+            "unit (or predates config logging), so it cannot be reproduced",
+            run_id=run_id,
+            missing=missing,
+        )
+    spec = parse_pipeline(yaml.safe_load(config), source=f"run {run_id}:{CONFIG_ARTIFACT}")
+    fp_text = tracker.read_artifact(run_id, FINGERPRINT_ARTIFACT)
+    gen = tags.get(TAG_GENERATION, "0")
+    return RunRecord(
+        run_id=run_id,
+        run_key=tags.get(TAG_RUN_KEY, ""),
+        generation=int(gen) if gen.isdigit() else 0,
+        as_of=run.data.params.get("as_of", ""),
+        spec=spec,
+        dataset=json.loads(dataset),
+        fingerprint=Fingerprint.from_dict(json.loads(fp_text)) if fp_text else None,
+        metrics={k: float(v) for k, v in run.data.metrics.items()},
+    )
+
+
+def current_partitions(
+    output_root: str, partitions: list[str], *, verify_files: bool = True
+) -> dict[str, CurrentPartition | None]:
+    """Committed manifests of ``partitions`` now (and a stat of each listed file)."""
+    out: dict[str, CurrentPartition | None] = {}
+    for name in partitions:
+        path = Path(output_root) / PartitionKey.parse(name).path() / MANIFEST_NAME
+        try:
+            m = json.loads(path.read_text())
+        except FileNotFoundError:
+            out[name] = None
+            continue
+        ok = True
+        if verify_files:
+            for f in m["files"]:
+                try:
+                    ok = os.stat(f["path"]).st_size == f["size"]
+                except FileNotFoundError:
+                    ok = False
+                if not ok:
+                    break
+        out[name] = CurrentPartition(m["content_hash"], int(m["rows"]), ok)
+    return out
+
+
+def _capture_task(ctx: EnvContext) -> Fingerprint:
+    return capture(ctx, worker="reproduce-check")
+
+
+def current_fingerprint(
+    spec: PipelineSpec, settings: Settings, *, local_env: bool = False
+) -> Fingerprint:
+    """The environment a re-run would get: a Ray worker with the pipeline's runtime_env."""
+    from rayorch.env.runtime import unit_environment
+
+    ue = unit_environment(spec, None, guard=False)
+    if local_env:
+        return capture(ue.context, worker="driver")
+    import ray
+
+    from rayorch.runtime import ensure_ray
+
+    ensure_ray(settings)
+    task = ray.remote(num_cpus=0, max_retries=0)(_capture_task)
+    return ray.get(task.options(**ue.task_options()).remote(ue.context))
+
+
+def check_record(rec: RunRecord, settings: Settings, *, local_env: bool = False) -> ReproduceCheck:
+    recorded = rec.dataset.get("partitions", [])
+    output_root = settings.resolve(rec.spec.features.output)
+    now = current_partitions(output_root, [p["partition"] for p in recorded])
+    changes = compare_partitions(recorded, now)
+    present = [f"{n}:{c.content_hash}" for n, c in sorted(now.items()) if c is not None]
+    notes = []
+    env = None
+    if rec.fingerprint is None:
+        notes.append("the run recorded no environment fingerprint; environment not compared")
+    else:
+        env = diff_fingerprints(
+            rec.fingerprint, current_fingerprint(rec.spec, settings, local_env=local_env)
+        )
+    return ReproduceCheck(
+        run_id=rec.run_id,
+        run_key=rec.run_key,
+        partitions_checked=len(recorded),
+        data_changes=tuple(changes),
+        env=env,
+        recorded_dataset_digest=rec.dataset.get("digest"),
+        current_dataset_digest=combine_hashes(present) if len(present) == len(now) else None,
+        notes=tuple(notes),
+    )
+
+
+def check_run(
+    run_id: str, settings: Settings | None = None, *, local_env: bool = False
+) -> ReproduceCheck:
+    """What differs between run ``run_id`` and the present (data and environment)."""
+    st = settings or load_settings()
+    return check_record(load_run(tracker_for(st), run_id), st, local_env=local_env)
+
+
+def reproduce_run(
+    run_id: str,
+    settings: Settings | None = None,
+    *,
+    tolerance: float = 1e-6,
+    local_env: bool = False,
+) -> dict[str, Any]:
+    """Check, then (only when nothing differs) re-run the unit into a NEW linked MLflow run.
+
+    The re-run uses the recorded config, the same committed partitions and the same
+    environment; it registers no model version. Returns the check, the new run id and
+    whether every recorded metric matches within ``tolerance`` (relative and absolute).
+    """
+    import ray
+
+    from rayorch.backfill.executor import _train_task
+    from rayorch.backfill.plan import Step, plan_backfill
+    from rayorch.env.runtime import unit_environment
+    from rayorch.runtime import ensure_ray
+    from rayorch.train.runner import TrainRequest
+
+    st = settings or load_settings()
+    tracker = tracker_for(st)
+    rec = load_run(tracker, run_id)
+    chk = check_record(rec, st, local_env=local_env)
+    doc: dict[str, Any] = {"check": chk.to_dict(), "reran": False}
+    if not chk.same:
+        return doc
+    plan = plan_backfill(rec.spec, rec.as_of, rec.as_of, steps=[Step.TRAIN])
+    unit = next((u for u in plan.units if u.run_key == rec.run_key), None)
+    if unit is None:
+        raise NotFoundError(
+            f"run {run_id}: unit {rec.run_key} is not in the plan of its recorded config",
+            run_id=run_id,
+            run_key=rec.run_key,
+        )
+    spec = rec.spec.model_copy(update={"registry": None})  # a reproduction registers nothing
+    ue = unit_environment(spec, st.db_url, guard=False)
+    req = TrainRequest(spec, st, unit, 0, rec.generation, env=ue.context, reproduces=run_id)
+    ensure_ray(st)
+    task = ray.remote(num_cpus=0, max_retries=0)(_train_task)
+    result = ray.get(task.options(**ue.task_options()).remote(req))
+    new_id = result["mlflow_run_id"]
+    new_metrics = {k: float(v) for k, v in tracker.client.get_run(new_id).data.metrics.items()}
+    matches = compare_metrics(rec.metrics, new_metrics, tolerance)
+    ok = bool(matches) and all(m.match for m in matches)
+    tracker.client.set_tag(new_id, "rayorch.reproduce.metrics_match", str(ok).lower())
+    doc.update(
+        reran=True,
+        new_run_id=new_id,
+        reproduces=tracker.client.get_run(new_id).data.tags.get(TAG_REPRODUCES),
+        tolerance=tolerance,
+        metrics=[m.to_dict() for m in matches],
+        metrics_match=ok,
+        dataset_digest=result.get("dataset_digest"),
+    )
+    return doc
