@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from rayorch.backfill.driver import (
 from rayorch.backfill.executor import RayExecutor, UnitExecutor
 from rayorch.backfill.plan import AnnotatedUnit, BackfillPlan, Step, annotate, plan_backfill
 from rayorch.data.generate import Faults, GenerateReport, generate_raw
+from rayorch.env.runtime import enforce_image_policy
 from rayorch.ledger.states import Reprocess
 from rayorch.ledger.store import Ledger
 from rayorch.runtime import ensure_ray
@@ -57,6 +59,7 @@ def plan_with_status(
 ) -> tuple[BackfillPlan, list[AnnotatedUnit]]:
     """The plan plus what the ledger says about each unit (the dry run)."""
     spec = _spec(config)
+    enforce_image_policy(spec, file=None if isinstance(config, PipelineSpec) else str(config))
     plan = plan_backfill(spec, start, end, keys, steps)
     ledger = open_ledger(settings)
     try:
@@ -82,10 +85,14 @@ def run_backfill(
     executor: UnitExecutor | None = None,
     ledger: Ledger | None = None,
     lease_s: float | None = None,
+    preempt: threading.Event | None = None,
 ) -> BackfillSummary:
     """Plan and run a backfill on Ray. Re-running the same call skips what is done.
 
-    With ``resume_id`` the plan is rebuilt from that backfill's recorded parameters.
+    With ``resume_id`` the plan is rebuilt from that backfill's recorded parameters. Setting
+    ``preempt`` (e.g. from a SIGTERM handler) makes running training units checkpoint and
+    stop within ``train.yield_timeout_s``; the backfill ends PREEMPTED and the next run of the
+    same backfill resumes them from their checkpoints.
     """
     st = settings or load_settings()
     own_ledger = ledger is None
@@ -110,11 +117,14 @@ def run_backfill(
             retry_backoff_s=spec.features.retry_backoff_s,
             sensor_wait_timeout_s=spec.freshness.wait_timeout_s,
             sensor_poll_s=spec.freshness.poll_interval_s,
+            yield_timeout_s=spec.train.yield_timeout_s if spec.train else 120.0,
             **({"lease_s": lease_s} if lease_s else {}),
         )
         driver = BackfillDriver(
             plan, led, executor or RayExecutor(spec, st), opts, progress, cluster_cpus=cpus
         )
+        if preempt is not None:
+            driver.preempt_requested = preempt
         return driver.run()
     finally:
         if own_ledger:

@@ -6,6 +6,7 @@ path and what was expected. Relative data paths resolve under ``RAYORCH_HOME``.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from rayorch.env.spec import EnvironmentSpec
 from rayorch.errors import ConfigError, PartitionKeyError
 from rayorch.partitions import validate_dimension, validate_segment
 
@@ -141,9 +143,42 @@ class ScalingSpec(_Frozen):
 
 
 class CheckpointSpec(_Frozen):
-    every_epochs: int = Field(1, ge=1, description="Checkpoint every N epochs.")
+    """When the training loop checkpoints (whichever comes first) and where checkpoints live."""
+
+    every_epochs: int | None = Field(1, ge=1, description="Checkpoint every N epochs (None: off).")
+    every_steps: int | None = Field(
+        None, ge=1, description="Also checkpoint every N optimizer steps (None: off)."
+    )
+    every_seconds: float | None = Field(
+        None, gt=0, description="Also checkpoint when this long passed since the last one."
+    )
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept per unit.")
-    storage_path: str = Field("checkpoints", description="Root (relative: RAYORCH_HOME) or URI.")
+    storage_path: str = Field(
+        "checkpoints",
+        description="Root (relative: RAYORCH_HOME) or any pyarrow filesystem URI (s3://, gs://).",
+    )
+
+
+class StragglerAction(str, enum.Enum):
+    REPORT = "report"  # flag it (status, MLflow, log line naming the node)
+    RESTART = "restart"  # also checkpoint and restart the worker group without that node
+
+
+class StragglerSpec(_Frozen):
+    """A worker is a straggler when its step time exceeds ``slowdown`` x the median of the
+    other workers for ``consecutive_steps`` steps in a row."""
+
+    enabled: bool = Field(True, description="Collect per-worker step times and flag stragglers.")
+    slowdown: float = Field(2.0, gt=1, description="k: step time > k x median flags the step.")
+    consecutive_steps: int = Field(5, ge=1, description="M: flagged steps in a row to report.")
+    min_step_s: float = Field(
+        0.005, ge=0, description="Ignore steps faster than this (timer noise on tiny steps)."
+    )
+    warmup_steps: int = Field(
+        2, ge=0, description="Steps after each (re)start not judged (data pipeline start-up)."
+    )
+    action: StragglerAction = Field(StragglerAction.REPORT, description="report | restart")
+    max_restarts: int = Field(2, ge=0, description="Group restarts for stragglers per unit.")
 
 
 class TrainSpec(_Frozen):
@@ -159,6 +194,20 @@ class TrainSpec(_Frozen):
     max_failures: int = Field(1, ge=0, description="Ray Train worker-group restarts allowed.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
+    stragglers: StragglerSpec = Field(
+        default_factory=StragglerSpec, description="Straggler detection."
+    )
+    yield_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Bound for a unit asked to yield (SIGTERM, scheduler) to checkpoint and stop.",
+    )
+    log_every_steps: int = Field(
+        10, ge=1, description="Per-step metrics (step_loss) are logged every N steps."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form parameters handed to the loop as params."
+    )
 
 
 class MetricGate(_Frozen):
@@ -212,6 +261,9 @@ class PipelineSpec(_Frozen):
     features: FeaturesSpec = Field(description="Feature step.")
     train: TrainSpec | None = Field(None, description="Training step (optional).")
     registry: RegistrySpec | None = Field(None, description="Model registration (optional).")
+    environment: EnvironmentSpec | None = Field(
+        None, description="Pinned image, lockfile and runtime_env of the units (optional)."
+    )
 
     @field_validator("name", "namespace")
     @classmethod

@@ -45,6 +45,7 @@ class Outcome(str, enum.Enum):
     BLOCKED = "blocked (upstream not done)"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    YIELDED = "yielded (checkpointed; resumes on the next run)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class DriverOptions:
     retry_backoff_s: float = 1.0
     sensor_wait_timeout_s: float = 0.0
     sensor_poll_s: float = 5.0
+    yield_timeout_s: float = 120.0  # bound for running units to checkpoint and stop
 
 
 @dataclass
@@ -96,11 +98,27 @@ class BackfillSummary:
                     "run_key": k,
                     **{
                         x: r.get(x)
-                        for x in ("mlflow_run_id", "model_name", "model_version", "metrics")
+                        for x in (
+                            "mlflow_run_id",
+                            "model_name",
+                            "model_version",
+                            "metrics",
+                            "training",
+                        )
                     },
                 }
                 for k, r in self.results.items()
                 if r.get("kind") == "trained"
+            ],
+            "yielded": [
+                {
+                    "run_key": k,
+                    "step": (self.results.get(k, {}).get("training") or {}).get("step"),
+                    "checkpoint": self.results.get(k, {}).get("checkpoint"),
+                    "note": self.errors.get(k),
+                }
+                for k, o in self.outcomes.items()
+                if o is Outcome.YIELDED
             ],
             "reconciled": self.reconciled,
             "wall_s": round(self.wall_s, 3),
@@ -166,7 +184,9 @@ class BackfillDriver:
         self.plan, self.ledger, self.executor, self.opt = plan, ledger, executor, options
         self.progress = progress or _quiet
         self.max_conc = options.max_concurrency or max(8, int(2 * (cluster_cpus or 4)))
-        self.stop_requested = threading.Event()
+        self.stop_requested = threading.Event()  # cancel: release claims, work is dropped
+        self.preempt_requested = threading.Event()  # SIGTERM: training checkpoints and yields
+        self.preempt_reason = "the driver was asked to stop (SIGTERM)"
 
     def run(self) -> BackfillSummary:
         import ray
@@ -203,6 +223,9 @@ class BackfillDriver:
             while True:
                 if hb.cancelled.is_set() or self.stop_requested.is_set():
                     self._cancel(s, inflight, delayed, ready, blocked)
+                    break
+                if self.preempt_requested.is_set():
+                    self._preempt(bf.id, s, inflight)
                     break
                 now = time.time()
                 for item in [d for d in delayed if d[0] <= now]:
@@ -246,6 +269,9 @@ class BackfillDriver:
                     except Exception as exc:
                         self._on_error(bf.id, s, unit, token, attempt, _unwrap(exc), delayed)
                         continue
+                    if result.get("kind") == "yielded":
+                        self._on_yielded(bf.id, s, unit, token, result, delayed)
+                        continue
                     if result.get("kind") == "not_ready":
                         self._on_not_ready(
                             bf.id, s, unit, token, result["sensor"], delayed, first_wait
@@ -266,6 +292,8 @@ class BackfillDriver:
         s.wall_s = time.time() - s.started_at
         if any(o is Outcome.CANCELLED for o in s.outcomes.values()):
             s.state = BackfillState.CANCELLED
+        elif self.preempt_requested.is_set():
+            s.state = BackfillState.PREEMPTED
         elif any(o in (Outcome.FAILED, Outcome.BLOCKED) for o in s.outcomes.values()):
             s.state = BackfillState.FAILED
         else:
@@ -327,8 +355,12 @@ class BackfillDriver:
             if res.outcome is ClaimOutcome.GRANTED:
                 assert res.token is not None
                 attempts[unit.run_key] = attempts.get(unit.run_key, 0) + 1
-                ref = self.executor.submit(unit, res.token, generation.get(unit.run_key, 0))
+                gen = generation.get(unit.run_key, 0)
+                ref = self.executor.submit(unit, res.token, gen)
                 inflight[ref] = (unit, res.token, attempts[unit.run_key])
+                live = self.executor.live_progress(unit, gen)
+                if live is not None:
+                    self.ledger.set_progress(unit.run_key, {"training": live})
                 self.progress("claimed", unit, {"token": res.token})
             elif res.outcome is ClaimOutcome.ALREADY_DONE:
                 s.outcomes[unit.run_key] = Outcome.SKIPPED_DONE
@@ -391,6 +423,77 @@ class BackfillDriver:
         s.outcomes[unit.run_key] = Outcome.FAILED
         s.errors[unit.run_key] = msg
         self.progress("failed", unit, {"error": msg})
+
+    def _on_yielded(
+        self,
+        bf_id: str,
+        s: BackfillSummary,
+        unit: Unit,
+        token: int,
+        result: dict[str, Any],
+        delayed: list[tuple[float, Unit, int | None]] | None,
+    ) -> None:
+        """A unit checkpointed and stopped on request: back to PENDING, not a failure. Its
+        next claim resumes from the checkpoint (same Ray Train run name, same MLflow run)."""
+        step = (result.get("training") or {}).get("step")
+        why = f"yielded at step {step}; resumes from checkpoint {result.get('checkpoint')}"
+        self.ledger.release(bf_id, unit.run_key, token, why)
+        s.outcomes[unit.run_key] = Outcome.YIELDED
+        s.results[unit.run_key] = result
+        if delayed is not None and not self.preempt_requested.is_set():
+            s.outcomes.pop(unit.run_key)
+            delayed.append((time.time() + self.opt.conflict_poll_s, unit, None))
+        self.progress("yielded", unit, {"step": step, "checkpoint": result.get("checkpoint")})
+
+    def _preempt(
+        self, bf_id: str, s: BackfillSummary, inflight: dict[Any, tuple[Unit, int, int]]
+    ) -> None:
+        """Stop within ``yield_timeout_s``: training units checkpoint at their next step and
+        stop; other work is cancelled (it is idempotent and re-runs on resume). Finished work
+        that arrives meanwhile is committed as usual."""
+        import ray
+
+        why = self.preempt_reason
+        deadline = time.time() + self.opt.yield_timeout_s
+        waiting: dict[Any, tuple[Unit, int]] = {}
+        for ref, (unit, token, _) in list(inflight.items()):
+            if self.executor.request_yield(unit, token, why):
+                waiting[ref] = (unit, token)
+            else:
+                ray.cancel(ref, force=True)
+                s.outcomes[unit.run_key] = Outcome.YIELDED
+        inflight.clear()
+        self.progress("preempting", None, {"why": why, "yielding": len(waiting)})
+        commits: list[tuple[Unit, int, dict[str, Any]]] = []
+        while waiting and time.time() < deadline:
+            done, _ = ray.wait(
+                list(waiting), num_returns=1, timeout=max(0.0, min(1.0, deadline - time.time()))
+            )
+            for ref in done:
+                unit, token = waiting.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:
+                    s.outcomes[unit.run_key] = Outcome.YIELDED
+                    s.errors[unit.run_key] = f"stopped by an error while yielding: {_describe(exc)}"
+                    continue
+                if result.get("kind") == "yielded":
+                    self._on_yielded(bf_id, s, unit, token, result, None)
+                elif result.get("kind") == "not_ready":
+                    s.outcomes[unit.run_key] = Outcome.YIELDED
+                else:
+                    commits.append((unit, token, result))
+        if commits:
+            self._commit(bf_id, s, commits)
+        for ref, (unit, _) in waiting.items():
+            ray.cancel(ref, force=True)
+            s.outcomes[unit.run_key] = Outcome.YIELDED
+            s.errors[unit.run_key] = (
+                f"did not yield within {self.opt.yield_timeout_s:.0f}s (train.yield_timeout_s); "
+                "stopped without a new checkpoint, resumes from its previous one"
+            )
+        self.ledger.release_all(bf_id, f"preempted: {why}")
+        self.progress("preempted", None, {"why": why})
 
     def _on_not_ready(
         self,

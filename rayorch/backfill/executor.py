@@ -28,6 +28,13 @@ class UnitExecutor(Protocol):
     def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
         """Roll a committed-but-unpublished output forward. True when it acted."""
 
+    def request_yield(self, unit: Unit, token: int, why: str) -> bool:
+        """Ask a running unit to checkpoint and stop at its next step. False: cannot yield
+        (the caller cancels it instead)."""
+
+    def live_progress(self, unit: Unit, generation: int) -> dict[str, Any] | None:
+        """Where ``rayorch status`` finds the unit's live progress (None: none)."""
+
 
 def _train_task(req: Any) -> dict[str, Any]:
     from rayorch.train.runner import run_train_unit
@@ -41,7 +48,10 @@ class RayExecutor:
     def __init__(self, spec: PipelineSpec, settings: Settings) -> None:
         import ray
 
+        from rayorch.env.runtime import unit_environment
+
         self.ray = ray
+        self.env = unit_environment(spec, settings.db_url)  # refuses unpinned images first
         self.spec = spec
         self.settings = settings
         self.source_root = settings.resolve(spec.source.path)
@@ -49,16 +59,26 @@ class RayExecutor:
         self._spec_ref = ray.put(spec)
         self._feature = ray.remote(max_retries=0)(run_feature_unit)
         self._train = ray.remote(num_cpus=0, max_retries=0)(_train_task)
+        self._generation: dict[str, int] = {}
 
     def submit(self, unit: Unit, token: int, generation: int) -> Any:
         if unit.step is Step.FEATURES:
-            return self._feature.options(num_cpus=unit.cpus).remote(
-                self._spec_ref, self.source_root, self.output_root, unit, token, time.time()
+            return self._feature.options(num_cpus=unit.cpus, **self.env.task_options()).remote(
+                self._spec_ref,
+                self.source_root,
+                self.output_root,
+                unit,
+                token,
+                time.time(),
+                self.env.context,
             )
         from rayorch.train.runner import TrainRequest
 
-        req = TrainRequest(self.spec, self.settings, unit, token, generation)
-        return self._train.remote(req)
+        self._generation[unit.run_key] = generation
+
+        req = TrainRequest(self.spec, self.settings, unit, token, generation, env=self.env.context)
+        # Ray Train workers started by this task inherit its runtime_env.
+        return self._train.options(**self.env.task_options()).remote(req)
 
     def publish(self, unit: Unit, result: dict[str, Any]) -> None:
         if unit.step is Step.FEATURES:
@@ -74,6 +94,26 @@ class RayExecutor:
             return False
         outputs.publish(self.output_root, unit.partition, want)
         return True
+
+    def _run_files(self, unit: Unit, generation: int) -> Any:
+        from rayorch.train.control import RunFiles
+        from rayorch.train.runner import train_run_name
+
+        assert self.spec.train is not None
+        storage = self.settings.resolve(self.spec.train.checkpoint.storage_path)
+        return RunFiles(storage, train_run_name(unit.run_key, generation))
+
+    def request_yield(self, unit: Unit, token: int, why: str) -> bool:
+        if unit.step is not Step.TRAIN:
+            return False
+        self._run_files(unit, self._generation.get(unit.run_key, 0)).request_yield(why, token)
+        return True
+
+    def live_progress(self, unit: Unit, generation: int) -> dict[str, Any] | None:
+        if unit.step is not Step.TRAIN:
+            return None
+        files = self._run_files(unit, generation)
+        return {"storage": files.storage, "run_name": files.run_name}
 
 
 def _noop(unit: Unit, token: int) -> dict[str, Any]:
@@ -96,3 +136,9 @@ class NoopExecutor:
 
     def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
         return False
+
+    def request_yield(self, unit: Unit, token: int, why: str) -> bool:
+        return False
+
+    def live_progress(self, unit: Unit, generation: int) -> dict[str, Any] | None:
+        return None

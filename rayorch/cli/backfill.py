@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import threading
 from typing import Any
 
 import typer
@@ -120,6 +121,8 @@ def backfill(
             lease_s=lease_s,
         )
         _print_summary(summary, as_json)
+        if summary.state.value == "PREEMPTED":
+            raise typer.Exit(EXIT_PREEMPTED)
         if summary.failed or summary.state.value != "SUCCEEDED":
             raise typer.Exit(1)
 
@@ -150,14 +153,30 @@ def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
                 console.print(
                     f"[red]failed[/] {unit.run_key}: {detail.get('error', '')}", highlight=False
                 )
+        elif event == "yielded" and unit is not None:
+            progress.update(task_ids["all"], detail=f"yielded: {unit.run_key}"[:70])
+            if not as_json:
+                console.print(
+                    f"[yellow]yielded[/] {unit.run_key} at step {detail.get('step')}",
+                    highlight=False,
+                )
         elif unit is not None and event in ("waiting", "retry"):
             progress.update(task_ids["all"], detail=f"{event}: {unit.run_key}"[:70])
 
     kwargs["progress"] = on_event
     previous = signal.getsignal(signal.SIGTERM)
+    preempt = threading.Event()
+    kwargs["preempt"] = preempt
 
-    def _term(signum: int, frame: Any) -> None:  # the driver releases its claims on the way out
-        raise KeyboardInterrupt
+    def _term(signum: int, frame: Any) -> None:
+        # First SIGTERM (pod eviction, `ray job stop`): training units checkpoint at their next
+        # step and stop within train.yield_timeout_s; the backfill ends PREEMPTED. A second
+        # one stops at once (claims are released on the way out).
+        if preempt.is_set():
+            raise KeyboardInterrupt
+        preempt.set()
+        if not as_json:
+            console.print("[yellow]SIGTERM: asking running units to checkpoint and yield[/]")
 
     signal.signal(signal.SIGTERM, _term)
     try:
@@ -165,6 +184,11 @@ def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
             return run_backfill(**kwargs)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Exit status of a backfill that stopped on SIGTERM after its units yielded: resumable.
+#: (EX_TEMPFAIL: a retried `ray job submit` attempt or a restarted pod resumes it.)
+EXIT_PREEMPTED = 75
 
 
 def _print_summary(s: BackfillSummary, as_json: bool) -> None:
@@ -177,6 +201,8 @@ def _print_summary(s: BackfillSummary, as_json: bool) -> None:
     out.print("  " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if v))
     for k in s.failed:
         out.print(f"  [red]failed[/] {k}: {s.errors.get(k, '')}", highlight=False)
+    for y in s.to_dict()["yielded"]:
+        out.print(f"  [yellow]yielded[/] {y['run_key']} at step {y['step']}", highlight=False)
     for t in s.to_dict()["trained"]:
         out.print(
             f"  trained {t['run_key']}: mlflow run {t['mlflow_run_id']}, "
@@ -230,6 +256,7 @@ def status_cmd(
                     "error": r.last_error,
                     "committed_at": _ts(r.committed_at),
                     "progress": r.progress,
+                    "training": _training_progress(r.progress),
                 }
                 for r in rows.values()
             ]
@@ -241,7 +268,11 @@ def status_cmd(
             for col in ("run key", "state", "token", "attempts", "committed", "error/progress"):
                 table.add_column(col, overflow="fold")
             for u in units:
-                extra = u["error"] or (str(u["progress"]) if u["progress"] else "")
+                extra = (
+                    _describe_training(u["training"])
+                    if u["training"]
+                    else u["error"] or (str(u["progress"]) if u["progress"] else "")
+                )
                 table.add_row(
                     u["run_key"],
                     u["state"],
@@ -271,6 +302,37 @@ def status_cmd(
                 b["updated"],
             )
         out.print(table)
+
+
+def _training_progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A training unit's live progress, read from its control files next to its checkpoints."""
+    where = (progress or {}).get("training")
+    if not where:
+        return None
+    from rayorch.train.control import RunFiles
+
+    live = RunFiles(where["storage"], where["run_name"]).read_progress()
+    if live is None:
+        return {"status": "not started"}
+    keep = ("status", "epoch", "epochs", "step", "last_checkpoint", "restarts", "stragglers")
+    return {k: live.get(k) for k in keep} | {"run_name": where["run_name"]}
+
+
+def _describe_training(t: dict[str, Any]) -> str:
+    if t.get("epoch") is None:
+        return str(t.get("status"))
+    ck = t.get("last_checkpoint") or {}
+    parts = [
+        f"{t.get('status')}: epoch {t['epoch']}/{t.get('epochs')} step {t.get('step')}",
+        f"checkpoint @ step {ck['step']} ({ck['reason']})" if ck else "no checkpoint yet",
+        f"restarts {t.get('restarts', 0)}",
+    ]
+    if t.get("stragglers"):
+        parts.append(
+            "stragglers: "
+            + ", ".join(f"rank {x['rank']} on {x['node'][:12]}" for x in t["stragglers"])
+        )
+    return "; ".join(parts)
 
 
 def _bf_dict(b: Any, counts: dict[str, int]) -> dict[str, Any]:

@@ -29,3 +29,34 @@ def flaky_features(ctx: Any, raw: pa.Table) -> pa.Table:
     if params.get("duplicate_output"):
         out = pa.concat_tables([out, out.slice(0, 3)])
     return out
+
+
+def ft_train_loop(config: dict[str, Any]) -> None:
+    """The fraud MLP with injectable training faults, driven by ``train.params``:
+
+    ``sleep_per_step_s`` (every worker, every step: makes a run slow enough to interrupt),
+    ``straggler_rank`` + ``straggler_sleep_s`` (one slow worker), ``kill_rank`` +
+    ``kill_at_step`` (that worker SIGKILLs itself once at that global step; ``kill_marker`` is a
+    file that records that it happened, so the restarted group does not die again).
+    """
+    import os
+    import signal
+    from pathlib import Path
+
+    from rayorch.train.session import TrainSession, binary_auc, torch_model_loop
+
+    session = TrainSession(config)
+    p = session.params
+
+    def before_step(s: TrainSession) -> None:
+        if p.get("sleep_per_step_s"):
+            time.sleep(float(p["sleep_per_step_s"]))
+        if p.get("straggler_rank") == s.rank and p.get("straggler_sleep_s"):
+            time.sleep(float(p["straggler_sleep_s"]))
+        if p.get("kill_rank") == s.rank and s.global_step + 1 == int(p.get("kill_at_step", -1)):
+            marker = Path(str(p["kill_marker"]))
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    torch_model_loop(session, task="binary", metric_fn=binary_auc, before_step=before_step)

@@ -39,6 +39,7 @@ class BackfillState(str, enum.Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"  # finished with failed units, or the driver gave up
     CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"  # the driver was asked to stop (SIGTERM): units yielded, resumable
 
     @property
     def is_terminal(self) -> bool:
@@ -53,8 +54,10 @@ BACKFILL_TRANSITIONS: dict[BackfillState, frozenset[BackfillState]] = {
             BackfillState.SUCCEEDED,
             BackfillState.FAILED,
             BackfillState.CANCELLED,
+            BackfillState.PREEMPTED,
         }
     ),
+    BackfillState.PREEMPTED: frozenset({BackfillState.RUNNING, BackfillState.CANCELLED}),
     BackfillState.FAILED: frozenset({BackfillState.RUNNING}),  # --resume
     BackfillState.SUCCEEDED: frozenset({BackfillState.RUNNING}),  # --resume with reprocess
     BackfillState.CANCELLED: frozenset({BackfillState.RUNNING}),

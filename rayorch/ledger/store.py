@@ -255,11 +255,16 @@ class Ledger:
                     .where(backfills.c.pipeline == pipeline)
                     .where(backfills.c.params_hash == phash)
                     .where(
-                        backfills.c.state.in_(
-                            [BackfillState.RUNNING.value, BackfillState.CREATED.value]
+                        # A preempted backfill resumes at once; a running one once its
+                        # driver stopped heart-beating.
+                        (backfills.c.state == BackfillState.PREEMPTED.value)
+                        | (
+                            backfills.c.state.in_(
+                                [BackfillState.RUNNING.value, BackfillState.CREATED.value]
+                            )
+                            & (backfills.c.heartbeat_at < now - stale_after_s)
                         )
                     )
-                    .where(backfills.c.heartbeat_at < now - stale_after_s)
                     .order_by(backfills.c.created_at.desc())
                 ).first()
             resumed = row is not None

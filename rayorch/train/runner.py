@@ -18,8 +18,10 @@ from rayorch.errors import DataNotReadyError
 from rayorch.lineage.tracking import TAG_DATASET_DIGEST, Tracker, dataset_digest
 from rayorch.settings import Settings
 from rayorch.spec import PipelineSpec
-from rayorch.train.session import MODEL_FILE
-from rayorch.userfn import load_entrypoint
+from rayorch.train.control import RunFiles
+from rayorch.train.session import MODEL_FILE, run_user_loop
+
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class TrainRequest:
     unit: Unit
     token: int
     generation: int  # commits of this unit so far; a re-run after DONE is a new generation
+    env: Any = None  # rayorch.env.fingerprint.EnvContext: every worker fingerprints and guards
+    reproduces: str | None = None  # MLflow run id: a NEW run linked to it (rayorch reproduce)
 
 
 def train_run_name(run_key: str, generation: int) -> str:
@@ -56,7 +60,12 @@ def collect_inputs(spec: PipelineSpec, settings: Settings, unit: Unit) -> list[A
     return manifests
 
 
-def run_train_unit(req: TrainRequest) -> dict[str, Any]:
+def exclude_nodes_selector(nodes: list[str]) -> dict[str, str] | None:
+    """A Ray label selector that keeps workers off the given nodes (straggler restarts)."""
+    return {NODE_ID_LABEL: f"!in({','.join(sorted(nodes))})"} if nodes else None
+
+
+def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -> dict[str, Any]:
     import ray.data
     import ray.train
     import torch
@@ -81,16 +90,21 @@ def run_train_unit(req: TrainRequest) -> dict[str, Any]:
         "rows": sum(m.rows for m in manifests),
         "config_fingerprint": spec.fingerprint(),
     }
-    run_id, resumed = tracker.start_or_resume(
+    run_id, resumed = tracker.start_unit_run(
         f"rayorch/{spec.name}",
         unit.run_key,
         req.generation,
         params,
         {"rayorch.pipeline": spec.name, "rayorch.token": str(req.token)},
+        reproduces=req.reproduces,
     )
     if not resumed:
         tracker.log_dataset(run_id, f"{spec.name}-features", manifests, digest)
+        tracker.log_config(run_id, spec)
     columns = [*tspec.feature_columns, tspec.label]
+    # Same batches in the same order on every attempt, so a resume mid-epoch skips exactly the
+    # batches the checkpoint already covers.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.read_parquet(files, columns=columns)
     train_ds, val_ds = ds.train_test_split(
         test_size=tspec.validation_fraction, shuffle=True, seed=tspec.seed
@@ -98,47 +112,90 @@ def run_train_unit(req: TrainRequest) -> dict[str, Any]:
     storage = settings.resolve(tspec.checkpoint.storage_path)
     if "://" not in storage:
         os.makedirs(storage, exist_ok=True)
+    run_name = train_run_name(unit.run_key, req.generation)
+    if req.reproduces:  # never resume from the original's checkpoints
+        run_name += f"-repro-{run_id[:8]}"
+    files_ = RunFiles(storage, run_name)
+    asked = files_.yield_requested_by()
+    if asked is not None and asked < req.token:
+        files_.clear_yield()  # a flag for an earlier attempt of this unit
     sc = tspec.scaling
     resources = {"CPU": sc.cpus_per_worker}
     if sc.gpus_per_worker:
         resources["GPU"] = sc.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker=load_entrypoint(tspec.entrypoint),
-        train_loop_config={
-            "rayorch": {
-                "run_key": unit.run_key,
-                "mlflow_uri": settings.mlflow_uri,
-                "mlflow_run_id": run_id,
-                "feature_columns": list(tspec.feature_columns),
-                "label": tspec.label,
-                "epochs": tspec.epochs,
-                "batch_size": tspec.batch_size,
-                "learning_rate": tspec.learning_rate,
-                "seed": tspec.seed,
-                "checkpoint_every": tspec.checkpoint.every_epochs,
-            },
-        },
-        scaling_config=ray.train.ScalingConfig(
+    loop_config: dict[str, Any] = {
+        "run_key": unit.run_key,
+        "entrypoint": tspec.entrypoint,
+        "storage": storage,
+        "run_name": run_name,
+        "token": req.token,
+        "mlflow_uri": settings.mlflow_uri,
+        "mlflow_run_id": run_id,
+        "feature_columns": list(tspec.feature_columns),
+        "label": tspec.label,
+        "epochs": tspec.epochs,
+        "batch_size": tspec.batch_size,
+        "learning_rate": tspec.learning_rate,
+        "seed": tspec.seed,
+        "checkpoint": tspec.checkpoint.model_dump(mode="json"),
+        "stragglers": tspec.stragglers.model_dump(mode="json"),
+        "log_every_steps": tspec.log_every_steps,
+        "params": dict(tspec.params),
+        "straggler_restarts": 0,
+        "env": req.env.to_dict() if req.env is not None else None,
+    }
+    excluded: list[str] = []
+    while True:
+        scaling = ray.train.ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.gpus_per_worker > 0,
             resources_per_worker=resources,
-        ),
-        run_config=ray.train.RunConfig(
-            name=train_run_name(unit.run_key, req.generation),
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=tspec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tspec.checkpoint.num_to_keep),
-        ),
-        datasets={"train": train_ds, "val": val_ds},
-    )
-    try:
-        result = trainer.fit()
-    except Exception:
-        tracker.finish(run_id, "FAILED")
-        raise
+            label_selector=exclude_nodes_selector(excluded),
+            **(placement or {}),
+        )
+        trainer = TorchTrainer(
+            train_loop_per_worker=run_user_loop,
+            train_loop_config={"rayorch": loop_config},
+            scaling_config=scaling,
+            run_config=ray.train.RunConfig(
+                name=run_name,
+                storage_path=storage,
+                failure_config=ray.train.FailureConfig(max_failures=tspec.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=tspec.checkpoint.num_to_keep
+                ),
+            ),
+            datasets={"train": train_ds, "val": val_ds},
+        )
+        try:
+            result = trainer.fit()
+        except Exception:
+            tracker.finish(run_id, "FAILED")
+            raise
+        progress = files_.read_progress() or {}
+        status = progress.get("status")
+        if status == "restart_without_stragglers":
+            excluded = list(progress.get("excluded_nodes", []))
+            loop_config["straggler_restarts"] += 1
+            continue
+        break
+    training = {
+        k: progress.get(k)
+        for k in ("restarts", "resumed_from_step", "step", "epoch", "stragglers", "last_checkpoint")
+    }
+    training["excluded_nodes"] = excluded
+    if status == "yielded":
+        tracker.finish(run_id, "KILLED")
+        return {
+            "kind": "yielded",
+            "mlflow_run_id": run_id,
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "training": training,
+        }
     if result.checkpoint is None:
         tracker.finish(run_id, "FAILED")
         raise RuntimeError(f"{unit.run_key}: training produced no checkpoint")
+    files_.write_progress({**progress, "status": "finished"})
     with result.checkpoint.as_directory() as d:
         model = torch.load(os.path.join(d, MODEL_FILE), weights_only=False)
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
@@ -163,6 +220,7 @@ def run_train_unit(req: TrainRequest) -> dict[str, Any]:
         "metrics": metrics,
         "checkpoint": result.checkpoint.path,
         "inputs": [m.partition for m in manifests],
+        "training": training,
     }
 
 

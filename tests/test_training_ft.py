@@ -1,0 +1,260 @@
+"""Fault-tolerant training on a real local Ray with torch (CPU, tiny MLP): a killed worker,
+a SIGKILLed driver, a straggler and a yield request, each checked on the MLflow step history."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rayorch.api import generate_data, open_ledger, run_backfill
+from rayorch.backfill.driver import Outcome
+from rayorch.ledger.states import BackfillState, UnitState
+from rayorch.settings import load_settings
+from rayorch.spec import load_pipeline
+from rayorch.train.control import RunFiles
+from rayorch.train.runner import train_run_name
+from tests.helpers import REPO, json_out, small_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+DAY = "2026-10-01"
+TRAIN_KEY = f"fraud/train/date={DAY}"
+
+
+def ft_config(tmp: Path, *, workers: int = 1, **train: Any) -> Path:
+    """Features for 3 cities x 2 days (480 rows), then a tiny MLP with small batches."""
+    path = small_config(tmp, train=True, rows=20)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"].update(
+        {
+            "entrypoint": "rayorch.examples.testing:ft_train_loop",
+            "epochs": 4,
+            "batch_size": 16,
+            "log_every_steps": 1,
+            "scaling": {"num_workers": workers, "cpus_per_worker": 1, "gpus_per_worker": 0},
+        }
+    )
+    for k, v in train.items():
+        cfg["train"][k] = {**cfg["train"].get(k, {}), **v} if isinstance(v, dict) else v
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _files(spec, settings, generation: int = 0) -> RunFiles:
+    storage = settings.resolve(spec.train.checkpoint.storage_path)
+    return RunFiles(storage, train_run_name(TRAIN_KEY, generation))
+
+
+def _history(settings, run_id: str, metric: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_uri)
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+
+
+def _runs_for_unit(settings, spec) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_uri)
+    exp = client.get_experiment_by_name(f"rayorch/{spec.name}")
+    if exp is None:
+        return []
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`rayorch.run_key` = '{TRAIN_KEY}'"
+    )
+    return [r.info.run_id for r in runs]
+
+
+def _assert_no_duplicate_steps(settings, run_id: str, epochs: int) -> list[int]:
+    assert [s for s, _ in _history(settings, run_id, "val_loss")] == list(range(epochs))
+    steps = [s for s, _ in _history(settings, run_id, "step_loss")]
+    assert steps == sorted(set(steps)), "a step was logged twice"
+    assert steps == list(range(1, steps[-1] + 1)), "a step is missing from the history"
+    return steps
+
+
+def _wait_for(cond, timeout: float, what: str, poll: float = 0.2) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_worker_killed_resumes_from_checkpoint(ray_session, tmp_path, settings):
+    marker = tmp_path / "killed"
+    cfg = ft_config(
+        tmp_path,
+        workers=2,
+        max_failures=1,
+        checkpoint={"every_epochs": 1, "every_steps": 5},
+        params={"kill_rank": 1, "kill_at_step": 18, "kill_marker": str(marker)},
+    )
+    spec = load_pipeline(cfg)
+    generate_data(spec, "2026-09-30", DAY, settings=settings)
+    s = run_backfill(spec, DAY, DAY, settings=settings)
+    assert s.state is BackfillState.SUCCEEDED, s.errors
+    assert marker.exists(), "the injected worker kill did not happen"
+    result = s.results[TRAIN_KEY]
+    assert result["training"]["restarts"] == 1
+    run_id = result["mlflow_run_id"]
+    # Each (re)start logs where it resumed: 0, then the last checkpoint before step 18.
+    starts = _history(settings, run_id, "restart_from_step")
+    assert [st for st, _ in starts] == [0, 1]
+    resumed_from = int(starts[1][1])
+    assert 15 <= resumed_from < 18, f"resumed from step {resumed_from}, not the last checkpoint"
+    steps = _assert_no_duplicate_steps(settings, run_id, epochs=4)
+    assert steps[-1] == result["training"]["step"]
+
+    # Final metrics comparable to a clean run of the same unit (separate home).
+    clean_home = tmp_path / "clean"
+    clean_settings = load_settings(clean_home)
+    clean_cfg = yaml.safe_load(cfg.read_text())
+    clean_cfg["train"]["params"] = {}
+    clean_path = tmp_path / "clean.yaml"
+    clean_path.write_text(yaml.safe_dump(clean_cfg))
+    clean_spec = load_pipeline(clean_path)
+    generate_data(clean_spec, "2026-09-30", DAY, settings=clean_settings)
+    c = run_backfill(clean_spec, DAY, DAY, settings=clean_settings)
+    clean = c.results[TRAIN_KEY]["metrics"]
+    got = result["metrics"]
+    assert abs(got["val_auc"] - clean["val_auc"]) < 0.1
+    assert abs(got["val_loss"] - clean["val_loss"]) < 0.25 * clean["val_loss"]
+
+
+def test_straggler_flagged_naming_the_worker(ray_session, tmp_path, settings):
+    cfg = ft_config(
+        tmp_path,
+        workers=2,
+        epochs=1,
+        stragglers={"slowdown": 2.0, "consecutive_steps": 3, "min_step_s": 0.0},
+        params={"straggler_rank": 1, "straggler_sleep_s": 0.08},
+    )
+    spec = load_pipeline(cfg)
+    generate_data(spec, "2026-09-30", DAY, settings=settings)
+    s = run_backfill(spec, DAY, DAY, settings=settings)
+    assert s.state is BackfillState.SUCCEEDED, s.errors
+    progress = _files(spec, settings).read_progress()
+    assert progress is not None
+    flags = progress["stragglers"]
+    assert [f["rank"] for f in flags] == [1], flags  # the slow worker, not the one waiting
+    node = ray_session.get_runtime_context().get_node_id()
+    assert flags[0]["node"] == node and flags[0]["ratio"] > 2.0
+    # judged from the first step after warm-up (2 by default): flagged exactly M=3 steps later
+    assert flags[0]["step"] == 2 + 3, "not flagged within the configured number of steps"
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(settings.mlflow_uri).get_run(s.results[TRAIN_KEY]["mlflow_run_id"])
+    assert run.data.tags["rayorch.straggler"] == f"rank 1 on {node}"
+    # rayorch status shows the flag for the unit
+    from tests.helpers import run_cli
+
+    ledger = open_ledger(settings)
+    [bf] = ledger.list_backfills()
+    ledger.close()
+    st = json_out(
+        run_cli("status", "-b", bf.id, "--json", env={"RAYORCH_HOME": str(settings.home)})
+    )
+    [train] = [u for u in st["units"] if u["run_key"] == TRAIN_KEY]
+    assert train["training"]["stragglers"][0]["rank"] == 1
+    assert train["training"]["status"] == "finished"
+
+
+def test_yield_checkpoints_stops_within_bound_then_resumes(ray_session, tmp_path, settings):
+    cfg = ft_config(
+        tmp_path,
+        yield_timeout_s=30,
+        checkpoint={"every_epochs": 1},
+        params={"sleep_per_step_s": 0.05},
+    )
+    spec = load_pipeline(cfg)
+    generate_data(spec, "2026-09-30", DAY, settings=settings)
+    preempt = threading.Event()
+    box: dict[str, Any] = {}
+    th = threading.Thread(
+        target=lambda: box.setdefault(
+            "s", run_backfill(spec, DAY, DAY, settings=settings, preempt=preempt)
+        )
+    )
+    th.start()
+    files = _files(spec, settings)
+    _wait_for(
+        lambda: (files.read_progress() or {}).get("step", 0) >= 30, 240, "training to reach step 30"
+    )
+    t0 = time.time()
+    preempt.set()
+    th.join(timeout=60)
+    stopped_in = time.time() - t0
+    assert not th.is_alive() and stopped_in < 30, f"did not stop within the bound ({stopped_in})"
+    s = box["s"]
+    assert s.state is BackfillState.PREEMPTED
+    assert s.outcomes[TRAIN_KEY] is Outcome.YIELDED
+    progress = files.read_progress()
+    assert progress["status"] == "yielded"
+    ck = progress["last_checkpoint"]
+    assert ck["reason"] == "yield" and ck["step"] >= 30 and not ck["epoch_complete"]
+    ledger = open_ledger(settings)
+    assert ledger.get_units([TRAIN_KEY])[TRAIN_KEY].state is UnitState.PENDING
+    ledger.close()
+    run_id = s.results[TRAIN_KEY]["mlflow_run_id"]
+
+    s2 = run_backfill(spec, DAY, DAY, settings=settings)  # resumes the PREEMPTED backfill
+    assert s2.resumed and s2.backfill_id == s.backfill_id
+    assert s2.state is BackfillState.SUCCEEDED, s2.errors
+    assert s2.results[TRAIN_KEY]["mlflow_run_id"] == run_id  # same MLflow run continues
+    starts = _history(settings, run_id, "restart_from_step")
+    assert starts == [(0, 0.0), (1, float(ck["step"]))]
+    _assert_no_duplicate_steps(settings, run_id, epochs=4)
+    assert _runs_for_unit(settings, spec) == [run_id]
+
+
+def test_driver_sigkill_mid_training_resumes_same_run(ray_session, tmp_path, home):
+    cfg = ft_config(
+        tmp_path,
+        checkpoint={"every_epochs": 1, "every_steps": 10},
+        params={"sleep_per_step_s": 0.05},
+    )
+    spec = load_pipeline(cfg)
+    settings = load_settings(home)
+    generate_data(spec, "2026-09-30", DAY, settings=settings)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+        "RAYORCH_HOME": str(home),
+    }
+    args = [sys.executable, "-m", "rayorch.cli.app", "backfill", "-c", str(cfg)]
+    args += ["--start", DAY, "--end", DAY, "--lease-seconds", "3", "--json"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    files = _files(spec, settings)
+    _wait_for(
+        lambda: ((files.read_progress() or {}).get("last_checkpoint") or {}).get("step", 0) >= 20,
+        240,
+        "a checkpoint at step 20",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = files.read_progress()["step"]
+    [run_id] = _runs_for_unit(settings, spec)
+    time.sleep(3.5)  # the dead driver's lease expires
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json_out(again)
+    assert summary["resumed"] is True
+    [trained] = summary["trained"]
+    assert trained["mlflow_run_id"] == run_id  # the same MLflow run, not a second one
+    assert _runs_for_unit(settings, spec) == [run_id]
+    starts = _history(settings, run_id, "restart_from_step")
+    assert [st for st, _ in starts] == [0, 1]
+    assert 20 <= starts[1][1] <= killed_at  # continued from its checkpoint, not from step 0
+    _assert_no_duplicate_steps(settings, run_id, epochs=4)
+    assert trained["training"]["restarts"] == 1
