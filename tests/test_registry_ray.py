@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from rayorch.registry import coordinator
 from rayorch.registry.audit import Phase
-from rayorch.registry.decisions import PromotionOutcome, VerifyStatus
+from rayorch.registry.decisions import PromotionOutcome, PromotionRequest, VerifyStatus
 from rayorch.registry.queries import history, verify_deployed
 from rayorch.registry.testing import GAP, RegistryBuilder
 from rayorch.settings import Settings
@@ -150,6 +150,58 @@ def test_killed_mid_promotion_restarts_consistent(reg, point, settled_phase, ret
     stale = coordinator.promote(MODEL, 4, alias, "1", settings=settings,
                                 gates=GatesSpec(require_validated_data=False))  # fmt: skip
     assert (stale.outcome, stale.decision.current) == (Out.CONFLICT, "2")
+
+
+@pytest.mark.parametrize(
+    ("point", "settled_phase", "alias_after"),
+    [("after_started", Phase.ROLLED_BACK, "1"), ("after_alias", Phase.FINISHED, "2")],
+)
+def test_ray_kill_mid_promotion_then_get_if_exists(reg, point, settled_phase, alias_after):
+    """``ray.kill`` (no restart) while a promotion is half-done; a new actor obtained by
+    get-if-exists completes or rolls it back before answering; alias, audit, history agree."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    settings, b, _ = reg
+    alias = f"kill-{point}"
+    assert coordinator.promote(MODEL, 1, alias, None, settings=settings).outcome is Out.APPLIED
+    old = coordinator.get_coordinator(settings)
+    old_pid = ray.get(old.identity.remote())["pid"]
+    ray.get(old.arm_crash.remote(point, "hang"))
+    pending = old.promote.remote(
+        PromotionRequest(MODEL, "2", alias, "1", who={"via": "test"}), GatesSpec()
+    )
+    deadline = time.time() + 60  # wait until the attempt is durably STARTED, held half-done
+    while not [r for r in history(MODEL, alias, settings=settings) if r.phase is Phase.STARTED]:
+        assert time.time() < deadline, "the promotion never reached its audit row"
+        time.sleep(0.05)
+    if point == "after_alias":
+        while _alias(b, MODEL, alias) != "2":
+            assert time.time() < deadline
+            time.sleep(0.05)
+    assert _alias(b, MODEL, alias) == alias_after  # half-done: audit says STARTED
+    ray.kill(old, no_restart=True)
+    with pytest.raises(RayActorError):
+        ray.get(pending, timeout=60)
+    # the next call finds the cached handle dead and gets a new actor by name (get-if-exists);
+    # the new actor settled the STARTED row on start, before answering
+    assert coordinator.current_version(MODEL, alias, settings=settings) == alias_after
+    new = coordinator.get_coordinator(settings)
+    assert ray.get(new.identity.remote())["pid"] != old_pid
+    settled = ray.get(new.recovered.remote())
+    assert [(r["to_version"], r["phase"]) for r in settled] == [("2", settled_phase.value)]
+    rows = _agree(settings, b, MODEL, alias)
+    assert [(r.to_version, r.phase) for r in rows] == [
+        ("1", Phase.FINISHED),
+        ("2", settled_phase),
+    ]
+    assert "settled on recovery" in rows[-1].reasons[-1]
+    assert _alias(b, MODEL, alias) == alias_after
+    # the caller retries: idempotent (ALREADY_TARGET if the move had happened, else APPLIED)
+    retry = coordinator.promote(MODEL, 2, alias, "1", settings=settings)
+    assert retry.outcome is (Out.ALREADY_TARGET if alias_after == "2" else Out.APPLIED)
+    _agree(settings, b, MODEL, alias)
+    assert _alias(b, MODEL, alias) == "2"
 
 
 def test_cli_promote_rollback_history_verify(reg, cli_env, tmp_path):

@@ -43,6 +43,7 @@ from rayorch.spec import GatesSpec
 
 NAMESPACE = "rayorch"
 CRASH_POINTS = ("after_started", "after_alias")
+CRASH_MODES = ("exit", "hang")  # die at once (restarted by Ray), or block until killed
 
 
 def actor_name(tracking_uri: str) -> str:
@@ -80,10 +81,15 @@ class Coordinator:
         self.view = RegistryView(tracking_uri)
         self.audit = AuditLog(db_url)
         self._crash_at: str | None = None  # test hook; deliberately lost on restart
+        self._crash_mode = "exit"
         self.settled_on_start = [r.to_dict() for r in self.reconcile()]
 
     def current(self, model: str, alias: str) -> str | None:
         return self.view.current(model, alias)
+
+    def recovered(self) -> list[dict[str, Any]]:
+        """The attempts this incarnation settled when it started."""
+        return self.settled_on_start
 
     def identity(self) -> dict[str, Any]:
         return {"registry": self.registry, "db_url": self.db_url, "pid": os.getpid()}
@@ -115,8 +121,7 @@ class Coordinator:
     # -- promotions -------------------------------------------------------------------------
     def promote(self, request: PromotionRequest, gates: GatesSpec) -> PromotionResult:
         with self.audit.lock(self.registry, request.model):
-            self._settle_model(request.model)
-            return self._promote_locked(request, gates)
+            return self._promote_locked(request, gates)  # settles what it finds STARTED
 
     def rollback(
         self, model: str, alias: str, gates: GatesSpec, who: dict[str, Any]
@@ -139,13 +144,19 @@ class Coordinator:
         current = self.view.current(request.model, request.alias)
         facts = self.view.facts(request.model, request.version)
         decision = decide_promotion(request, current, facts, gates)
-        # Write-ahead: the attempt is durable before the alias moves.
-        audit_id = self.audit.record(self.registry, request, decision, gates, facts.artifact_digest)
+        # Write-ahead: the attempt is durable before the alias moves. The same transaction
+        # returns attempts of this model a dead coordinator left STARTED; settling them reads
+        # the alias and never moves it, so the decision above stays valid.
+        audit_id, orphans = self.audit.begin(
+            self.registry, request, decision, gates, facts.artifact_digest
+        )
+        for rec in orphans:
+            self._settle(rec)
         if decision.outcome is not PromotionOutcome.APPLIED:
             return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
         self._maybe_crash("after_started")
         try:
-            self.view.set_alias(request.model, request.alias, request.version)
+            move = self.view.move_alias(request.model, request.alias, current, request.version)
         except Exception as e:
             rec = self._settle(self.audit.get(audit_id), f"MLflow failed: {e}")
             if rec.phase is not Phase.FINISHED:
@@ -155,19 +166,36 @@ class Coordinator:
                     audit_id=audit_id,
                 ) from e
             return PromotionResult(decision, request.model, request.alias, audit_id, rec.phase)
+        if not move.moved:  # the compare-and-set in MLflow's database refused: nothing written
+            rec = self._settle(self.audit.get(audit_id), f"not moved: {move.reason}")
+            if rec.phase is Phase.FINISHED:  # moved outside rayorch to this very target
+                return PromotionResult(decision, request.model, request.alias, audit_id, rec.phase)
+            raise PromotionInterruptedError(
+                f"{request.alias} of {request.model!r} was not moved: {move.reason} (audit "
+                f"{audit_id} ROLLED_BACK; nothing was overwritten). Retry for a fresh decision.",
+                audit_id=audit_id,
+                actual=move.actual,
+            )
         self._maybe_crash("after_alias")
         self.audit.transition(audit_id, Phase.FINISHED)
         return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
 
     # -- test hook: die at a named point (real process death, not an exception) --------------
-    def arm_crash(self, point: str | None) -> None:
+    def arm_crash(self, point: str | None, mode: str = "exit") -> None:
         if point is not None and point not in CRASH_POINTS:
             raise ValueError(f"unknown crash point {point!r}; one of {CRASH_POINTS}")
+        if mode not in CRASH_MODES:
+            raise ValueError(f"unknown crash mode {mode!r}; one of {CRASH_MODES}")
         self._crash_at = point
+        self._crash_mode = mode
 
     def _maybe_crash(self, point: str) -> None:
-        if self._crash_at == point:
+        if self._crash_at != point:
+            return
+        if self._crash_mode == "exit":
             os._exit(17)
+        while True:  # "hang": hold the promotion half-done until the test kills the process
+            time.sleep(0.05)
 
 
 # --- the actor and its client ----------------------------------------------------------------
@@ -190,7 +218,40 @@ def get_coordinator(settings: Settings | None = None) -> Any:
     handle = _handles.get(key)
     if handle is not None:
         return handle
-    handle = (
+    handle = _acquire(name, s)
+    _handles[key] = handle
+    return handle
+
+
+def _acquire(name: str, s: Settings, attempts: int = 40) -> Any:
+    """Get-if-exists the named actor and check it answers; a handle to an actor that died for
+    good (``ray.kill`` without restart) is dropped and the name resolved again."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    for i in range(attempts):
+        handle = _create_or_get(name, s)
+        try:
+            ident = _call(lambda h=handle: ray.get(h.identity.remote()), attempts=1)
+        except (RayActorError, InfrastructureError):
+            if i == attempts - 1:
+                raise
+            time.sleep(0.25)  # the dead actor's name is released shortly
+            continue
+        if ident["db_url"] != s.db_url:
+            raise CoordinatorMismatchError(
+                f"the promotion coordinator of {s.mlflow_uri} writes its audit log to "
+                f"{ident['db_url']}, not {s.db_url}; set RAYORCH_DB_URL to the same database",
+                registry=s.mlflow_uri,
+                actor_db_url=ident["db_url"],
+                db_url=s.db_url,
+            )
+        return handle
+    raise AssertionError("unreachable")
+
+
+def _create_or_get(name: str, s: Settings) -> Any:
+    return (
         _actor_class()
         .options(
             name=name,
@@ -203,17 +264,6 @@ def get_coordinator(settings: Settings | None = None) -> Any:
         )
         .remote(s.mlflow_uri, s.db_url)
     )
-    ident = _call(lambda: ray.get(handle.identity.remote()))
-    if ident["db_url"] != s.db_url:
-        raise CoordinatorMismatchError(
-            f"the promotion coordinator of {s.mlflow_uri} writes its audit log to "
-            f"{ident['db_url']}, not {s.db_url}; set RAYORCH_DB_URL to the same database",
-            registry=s.mlflow_uri,
-            actor_db_url=ident["db_url"],
-            db_url=s.db_url,
-        )
-    _handles[key] = handle
-    return handle
 
 
 def _call(fn: Any, attempts: int = 20, backoff_s: float = 0.25) -> Any:
@@ -241,6 +291,26 @@ def _call(fn: Any, attempts: int = 20, backoff_s: float = 0.25) -> Any:
     raise AssertionError("unreachable")
 
 
+def _on_actor(settings: Settings | None, fn: Any, attempts: int = 20) -> Any:
+    """``fn(handle)`` on the coordinator. While it restarts, wait and retry; if it died for
+    good, drop the cached handle and get-if-exists again (a new one settles what the old one
+    left STARTED before it answers). Retrying is safe: the answers are idempotent."""
+    from ray.exceptions import RayActorError
+
+    s = settings or load_settings()
+    name = actor_name(s.mlflow_uri)
+    for i in range(attempts):
+        try:
+            return _call(lambda: fn(get_coordinator(s)), attempts=1)
+        except InfrastructureError as e:
+            if not isinstance(e.__cause__, RayActorError) or i == attempts - 1:
+                raise
+            for key in [k for k in _handles if k[0] == name]:
+                del _handles[key]
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
 def promote(
     model: str,
     version: str | int,
@@ -265,8 +335,7 @@ def promote(
         who=dict(who_am_i(via)),
     )
     g = gates or GatesSpec()
-    h = get_coordinator(settings)
-    return _call(lambda: ray.get(h.promote.remote(req, g)))
+    return _on_actor(settings, lambda h: ray.get(h.promote.remote(req, g)))
 
 
 def rollback(
@@ -279,17 +348,15 @@ def rollback(
 ) -> PromotionResult:
     import ray
 
-    h = get_coordinator(settings)
-    who = dict(who_am_i(via))
-    return _call(lambda: ray.get(h.rollback.remote(model, alias, gates or GatesSpec(), who)))
+    who, g = dict(who_am_i(via)), gates or GatesSpec()
+    return _on_actor(settings, lambda h: ray.get(h.rollback.remote(model, alias, g, who)))
 
 
 def current_version(model: str, alias: str, settings: Settings | None = None) -> str | None:
     """The version ``alias`` names now, as the coordinator reads it from MLflow."""
     import ray
 
-    h = get_coordinator(settings)
-    return _call(lambda: ray.get(h.current.remote(model, alias)))
+    return _on_actor(settings, lambda h: ray.get(h.current.remote(model, alias)))
 
 
 def shutdown_coordinator(settings: Settings | None = None) -> bool:

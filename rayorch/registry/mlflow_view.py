@@ -6,13 +6,14 @@ facts a promotion decision needs and moves an alias; it decides nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import shutil
 import tempfile
 
 from rayorch.errors import InfrastructureError
 from rayorch.lineage.tracking import directory_digest
+from rayorch.registry.alias_sql import AliasMove, SqlAliases
 from rayorch.registry.decisions import VersionFacts
 
 TAG_ARTIFACT_DIGEST = "rayorch.artifact_digest"
@@ -34,18 +35,26 @@ class RegistryView:
 
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        # Facts of a READY version whose run has ended do not change in practice (rayorch logs
-        # metrics and inputs before it ends the run); caching them keeps a promotion to one
-        # alias read and one alias write. The cache is derived from MLflow and rebuilt on start.
+        # Facts of a READY version whose run has ended do not change: a version's source, run,
+        # metrics and dataset inputs are immutable once the run ends, and rayorch tags the
+        # artifact digest before it ends the run. Caching them keeps a promotion to one alias
+        # read and one alias write. What can still change, the version being deleted, is
+        # re-checked by the alias write itself (and evicts the entry). The cache is derived
+        # from MLflow and rebuilt on restart. The alias itself is never cached.
         self._facts: dict[tuple[str, str], VersionFacts] = {}
         self._checked_models: set[str] = set()
+        self.sql = SqlAliases.of(self.client)  # None: not a SQL store, public API only
 
     def current(self, model: str, alias: str) -> str | None:
         """The version ``alias`` names now, or None when unset (or the model is unknown).
 
         Always read from MLflow, never cached: the compare-and-set is against the real alias.
+        On a SQL store the alias row alone is read (one query, see ``alias_sql``); on any
+        other store (a tracking server) the public ``get_model_version_by_alias``.
         """
         try:
+            if self.sql is not None and alias.lower() != "latest":  # 'latest' is not a row
+                return self.sql.read(model, alias)
             return str(self.client.get_model_version_by_alias(model, alias).version)
         except Exception as e:
             if _missing(e):
@@ -93,6 +102,21 @@ class RegistryView:
             artifact_digest=(mv.tags or {}).get(TAG_ARTIFACT_DIGEST),
         )
         return facts, facts.status == "READY" and run_ended
+
+    def move_alias(self, model: str, alias: str, expected: str | None, version: str) -> AliasMove:
+        """Move ``alias`` from ``expected`` to ``version``: an atomic compare-and-set in MLflow's
+        database on a SQL store; elsewhere the public (last-writer-wins) call, which the
+        coordinator's serialization makes safe among rayorch promoters."""
+        if self.sql is None:
+            self.set_alias(model, alias, version)
+            return AliasMove(True, version)
+        try:
+            move = self.sql.compare_and_set(model, alias, expected, version)
+        except Exception as e:
+            raise self._infra("set an alias of", model, e) from e
+        if not move.moved:
+            self._facts.pop((model, version), None)  # it may have been deleted: re-read
+        return move
 
     def set_alias(self, model: str, alias: str, version: str) -> None:
         try:
@@ -169,25 +193,34 @@ class RegistryView:
 
 
 def _model_dir_digests(root: str) -> tuple[str, ...]:
-    """The plain digest, then the digest with MLflow's download marker neutralised.
+    """The model digest of a directory, then its pre-0.2 form (for versions tagged earlier).
 
-    When a model is downloaded MLflow writes ``registered_model_meta`` naming where the copy
-    came from (``model_name: null`` for a logged model, the name and version for
-    ``models:/NAME/VERSION``). It is not part of the model, but registration digests include
-    whichever form the registering download had. So a deployed copy is also digested with the
-    marker removed and with it in the logged-model form; any form may match the recorded one.
+    ``directory_digest`` leaves out MLflow's download marker ``registered_model_meta`` (see
+    there), so a copy pulled as ``models:/NAME/V``, as a logged model, as ``runs:/…`` or taken
+    straight from the artifact store all digest alike, and alike to what registration tagged.
+    Versions registered before that rule tagged the digest *with* the marker in its
+    logged-model form (registration downloads the logged model); that form is computed too.
     """
-    plain = directory_digest(root)
-    if not os.path.exists(os.path.join(root, _PULL_MARKER)):
-        return (plain,)
-    out = [plain]
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = os.path.join(tmp, "model")
-        shutil.copytree(root, copy)
-        marker = os.path.join(copy, _PULL_MARKER)
-        with open(marker, "w") as f:
-            f.write(_LOGGED_MODEL_MARKER)
-        out.append(directory_digest(copy))
-        os.remove(marker)
-        out.append(directory_digest(copy))
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys([directory_digest(root), _legacy_digest(root)]))
+
+
+def _legacy_digest(root: str) -> str:
+    """The digest with the logged-model marker in place of whatever marker there is."""
+    h = hashlib.sha256()
+
+    def marker() -> None:
+        h.update(_PULL_MARKER.encode() + b"\0" + _LOGGED_MODEL_MARKER.encode())
+
+    for dirpath, _, files in sorted(os.walk(root)):
+        names = sorted({*files, _PULL_MARKER} if dirpath == root else files)
+        for name in names:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if rel == _PULL_MARKER:
+                marker()
+                continue
+            h.update(rel.encode() + b"\0")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
