@@ -189,3 +189,31 @@ def test_verify_matches_store_copies_and_versions_tagged_before_the_marker_rule(
     )
     other = verify_deployed("m", "production", versions[0].artifact_digest, settings=settings)
     assert other.status is VerifyStatus.DRIFT and other.deployed_version == "1"
+
+
+def test_coordinator_puts_a_local_mlflow_sqlite_in_wal_mode_unless_told_not_to(
+    tmp_path, monkeypatch
+):
+    import sqlite3
+
+    b = RegistryBuilder(str(tmp_path / "reg"))
+    b.logged("w", seed=1)
+    db = str(tmp_path / "reg" / "mlflow.db")
+
+    def mode() -> str:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+    assert mode() == "delete"  # MLflow's default
+    monkeypatch.setenv("RAYORCH_MLFLOW_SQLITE_WAL", "0")
+    Coordinator(b.uri, f"sqlite:///{tmp_path / 'a.db'}").audit.close()
+    assert mode() == "delete"
+    monkeypatch.delenv("RAYORCH_MLFLOW_SQLITE_WAL")
+    c = Coordinator(b.uri, f"sqlite:///{tmp_path / 'b.db'}")
+    assert mode() == "wal"
+    # MLflow's own API keeps working on it, and sees the coordinator's moves
+    assert c.promote(PromotionRequest("w", "1", "prod", None), GatesSpec()).outcome is (Out.APPLIED)
+    assert _public(b, "w", "prod") == "1"
+    b.client.set_registered_model_alias("w", "other", "1")
+    assert c.view.current("w", "other") == "1"
+    c.audit.close()

@@ -204,6 +204,34 @@ def test_ray_kill_mid_promotion_then_get_if_exists(reg, point, settled_phase, al
     assert _alias(b, MODEL, alias) == "2"
 
 
+def test_rollback_pops_the_alias_history_through_the_actor(reg):
+    """v1 -> v2 -> v3, then rollback, rollback: v2, v1 (a stack, never back to v3); each
+    rollback is a CAS expecting the current version; then nothing is left to roll back to."""
+    from rayorch.registry.errors import NothingToRollBackError
+
+    settings, b, versions = reg
+    race = [v.version for v in versions["race"]]
+    prev = None
+    for v in race[:3]:
+        assert coordinator.promote(RACE, v, "rb", prev, settings=settings).outcome is Out.APPLIED
+        prev = v
+    first = coordinator.rollback(RACE, "rb", settings=settings)
+    assert (first.outcome, first.decision.current, first.decision.target) == (
+        Out.APPLIED, race[2], race[1],
+    )  # fmt: skip
+    second = coordinator.rollback(RACE, "rb", settings=settings)
+    assert (second.decision.current, second.decision.target) == (race[1], race[0])
+    with pytest.raises(NothingToRollBackError):
+        coordinator.rollback(RACE, "rb", settings=settings)
+    rows = _agree(settings, b, RACE, "rb")
+    assert [(r.kind, r.from_version, r.to_version) for r in rows] == [
+        ("promote", None, race[0]), ("promote", race[0], race[1]),
+        ("promote", race[1], race[2]), ("rollback", race[2], race[1]),
+        ("rollback", race[1], race[0]),
+    ]  # fmt: skip
+    assert _alias(b, RACE, "rb") == race[0]
+
+
 def test_cli_promote_rollback_history_verify(reg, cli_env, tmp_path):
     from rayorch.cli.app import app
 

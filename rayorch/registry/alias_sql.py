@@ -23,6 +23,7 @@ all aliases (~10 ORM statements) to read or write one number. Where the store is
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -164,3 +165,27 @@ class SqlAliases:
         else:
             why = f"version {target} was deleted meanwhile"
         return AliasMove(False, actual, why)
+
+    def prefer_wal(self) -> bool:
+        """Put a local SQLite MLflow database in WAL mode (persistent; True if it is now).
+
+        In its default rollback-journal mode every MLflow commit, the alias move among them,
+        costs several fsyncs (journal, database, journal delete: 3-5 ms here); in WAL mode one,
+        with the same durability (MLflow leaves ``synchronous`` at FULL), and readers such as
+        ``mlflow ui`` no longer block writers. MLflow's own file-store migration creates its
+        SQLite databases in WAL mode. Set ``RAYORCH_MLFLOW_SQLITE_WAL=0`` to leave the mode
+        alone (e.g. a database on a network file system, where WAL does not work).
+        """
+        if not self.sqlite or os.environ.get("RAYORCH_MLFLOW_SQLITE_WAL", "1") == "0":
+            return False
+        if (self.engine.url.database or ":memory:") == ":memory:":
+            return False
+        try:
+            with self._connection() as conn:
+                mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                if str(mode).lower() != "wal":
+                    mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+                conn.commit()
+        except Exception:
+            return False  # busy or read-only: keep the current mode, correctness is unchanged
+        return str(mode).lower() == "wal"

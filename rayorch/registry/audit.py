@@ -6,18 +6,16 @@ names the target) or ``ROLLED_BACK`` (it does not). Attempts that move nothing (
 CONFLICT, REJECTED) are written ``FINISHED`` at once. A ``STARTED`` row with no live writer is
 settled by reading the real alias (see ``coordinator.settle``): never left half-done.
 
-Promotions of one model are also serialized by a lock held in the same database's realm (an
-advisory lock on PostgreSQL, a file lock beside the SQLite file), so two coordinators that do
-not share a Ray cluster still cannot interleave a compare-and-set.
+Promotions of one model are also serialized by a lock held in the same database's realm
+(``locks.ModelLock``), so two coordinators that do not share a Ray cluster still cannot
+interleave a compare-and-set.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +34,6 @@ from sqlalchemy import (
     event,
     insert,
     select,
-    text,
     update,
 )
 
@@ -48,6 +45,7 @@ from rayorch.registry.decisions import (
     PromotionOutcome,
     PromotionRequest,
 )
+from rayorch.registry.locks import ModelLock
 from rayorch.spec import GatesSpec
 
 AUDIT_SCHEMA_VERSION = 1
@@ -170,9 +168,7 @@ class AuditLog:
         self.engine = _make_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _fsync_every_commit)
-        self._thread_lock = threading.Lock()
-        self._lock_path = _sqlite_lock_path(url)
-        self._lock_file: Any = None
+        self._lock = ModelLock(self.engine, url)
         try:
             metadata.create_all(self.engine, checkfirst=True)
         except Exception as e:
@@ -183,9 +179,7 @@ class AuditLog:
                 ) from e  # else: another process created the tables concurrently
 
     def close(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        self._lock.close()
         self.engine.dispose()
 
     # -- writes -----------------------------------------------------------------------------
@@ -266,6 +260,8 @@ class AuditLog:
         the same phase (and the next STARTED row's fsync syncs the whole WAL anyway)."""
         if self.engine.dialect.name != "sqlite":
             with self.engine.begin() as c:
+                if self.engine.dialect.name == "postgresql":  # PostgreSQL's NORMAL
+                    c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                 yield c
             return
         with self.engine.connect() as c:
@@ -328,32 +324,9 @@ class AuditLog:
             return [AppliedStep(r.kind, r.from_version, r.to_version) for r in c.execute(q)]
 
     # -- the per-model promotion lock -------------------------------------------------------
-    @contextmanager
-    def lock(self, registry: str, model: str) -> Iterator[None]:
+    def lock(self, registry: str, model: str) -> Any:
         """Exclusive across processes and hosts sharing this database, for one model."""
-        with self._thread_lock:
-            if self.engine.dialect.name == "postgresql":
-                key = _lock_key(registry, model)
-                with self.engine.connect() as c:
-                    c.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                    try:
-                        yield
-                    finally:
-                        c.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        c.commit()
-            elif self._lock_path is not None:
-                import fcntl
-
-                if self._lock_file is None:
-                    self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 (kept open)
-                fd = self._lock_file.fileno()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            else:  # in-memory SQLite: one process only
-                yield
+        return self._lock.hold(registry, model)
 
 
 def _fsync_every_commit(dbapi_conn: Any, _: Any) -> None:
@@ -366,20 +339,6 @@ def _fsync_every_commit(dbapi_conn: Any, _: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()
-
-
-def _lock_key(registry: str, model: str) -> int:
-    h = hashlib.sha256(f"rayorch.registry\0{registry}\0{model}".encode()).digest()
-    return int.from_bytes(h[:8], "big", signed=True)
-
-
-def _sqlite_lock_path(url: str) -> str | None:
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[-1]
-    if not path or path == ":memory:":
-        return None
-    return os.path.abspath(path) + ".registry-lock"
 
 
 def who_am_i(via: str = "api") -> Mapping[str, Any]:

@@ -79,6 +79,8 @@ class Coordinator:
         self.registry = tracking_uri
         self.db_url = db_url
         self.view = RegistryView(tracking_uri)
+        if self.view.sql is not None:
+            self.view.sql.prefer_wal()
         self.audit = AuditLog(db_url)
         self._crash_at: str | None = None  # test hook; deliberately lost on restart
         self._crash_mode = "exit"
