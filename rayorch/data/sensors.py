@@ -323,9 +323,13 @@ def observe_partitions(
     policy: SensorPolicy,
     workers: int | None = None,
 ) -> list[ObservedPartition]:
-    """Observe many partitions, in order, with a thread pool (listing and footer reads are
-    system calls and C++ parsing; threads overlap their waits). ``workers=1``: serially."""
-    n = workers if workers is not None else min(8, (os.cpu_count() or 1) * 2)
+    """Observe many partitions, in order; ``workers > 1`` uses a thread pool.
+
+    Serial by default: on 2 cores the footer parsing holds the GIL and threads measured ~3x
+    slower (benchmarks/bench_sensors.py); threads pay off where listing waits on remote
+    storage (object stores, NFS).
+    """
+    n = workers if workers is not None else 1
     if n <= 1 or len(items) < 2:
         return [observe_partition(source_root, k, d, policy) for k, d in items]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="rayorch-sensor") as pool:
