@@ -65,13 +65,23 @@ def check_partition(
 
 
 def run_feature_unit(
-    spec: PipelineSpec, source_root: str, output_root: str, unit: Unit, token: int, now_ts: float
+    spec: PipelineSpec,
+    source_root: str,
+    output_root: str,
+    unit: Unit,
+    token: int,
+    now_ts: float,
+    env: Any = None,
 ) -> dict[str, Any]:
     now = dt.datetime.fromtimestamp(now_ts, dt.timezone.utc)
     result = check_partition(spec, source_root, unit.partition, unit.day, now)
     if result.status is not SensorStatus.READY:
         return {"kind": "not_ready", "sensor": result.to_dict()}
     assert result.manifest is not None
+    from rayorch.env.worker import on_feature_unit
+
+    # Fingerprint this worker; a drifted environment fails here, before any output is staged.
+    environment = on_feature_unit(env, unit.run_key, token)
     files = [f.path for f in result.manifest.files]
     raw = pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
     fn = load_entrypoint(spec.features.entrypoint)
@@ -100,4 +110,5 @@ def run_feature_unit(
         "manifest": manifest.to_dict(),
         "input": result.manifest.to_dict(),
         "rows": out.num_rows,
+        "environment": environment,
     }

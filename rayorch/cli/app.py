@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from rayorch.cli import backfill, cluster, data, demo, registry, sensors, simulate
+from rayorch.cli import backfill, cluster, data, demo, env, registry, reproduce, sensors, simulate
 
 app = typer.Typer(
     help="rayorch: a training orchestrator on Ray (backfills, sensors, training, registry).",
@@ -23,6 +23,8 @@ app.add_typer(sensors.app, name="sensors")
 app.add_typer(registry.app, name="registry")
 app.add_typer(cluster.app, name="cluster")
 app.command("simulate")(simulate.simulate)
+app.add_typer(env.app, name="env")
+app.command("reproduce")(reproduce.reproduce)
 
 
 def main() -> None:
