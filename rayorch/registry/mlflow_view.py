@@ -1,7 +1,7 @@
 """The registry as rayorch sees it: a narrow interface over MLflow's model registry.
 
-Only this module (and ``lineage.tracking``) talks to MLflow for the registry. It reads the
-facts a promotion decision needs and moves an alias; it decides nothing.
+Only this module (with ``alias_sql``) and ``lineage.tracking`` talk to MLflow for the registry.
+It reads the facts a promotion decision needs and moves an alias; it decides nothing.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class RegistryView:
 
 
 def _model_dir_digests(root: str) -> tuple[str, ...]:
-    """The model digest of a directory, then its pre-0.2 form (for versions tagged earlier).
+    """The model digest of a directory, then its earlier form (for versions tagged before).
 
     ``directory_digest`` leaves out MLflow's download marker ``registered_model_meta`` (see
     there), so a copy pulled as ``models:/NAME/V``, as a logged model, as ``runs:/…`` or taken
