@@ -99,3 +99,56 @@ def check(
             )
         if why:
             raise typer.Exit(1)
+
+
+def parse_durations(text: str | None) -> dict[str, float]:
+    """``features=60,train=1800`` -> {"features": 60.0, "train": 1800.0}."""
+    from rayorch.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        step, _, sec = item.partition("=")
+        try:
+            out[step.strip()] = float(sec)
+        except ValueError:
+            raise ConfigError(
+                f"--durations: {item!r} is not step=seconds (e.g. features=60,train=1800)",
+                field="durations",
+            ) from None
+    return out
+
+
+def print_plan_check(check: Any) -> None:
+    """The scheduling part of `rayorch plan --cluster`."""
+    d = check.to_dict()
+    table = Table(title=f"scheduling: namespace {d['namespace']}, priority {d['priority']}")
+    for col in ("step", "shape", "CPUs/bundle", "units", "admission", "why"):
+        table.add_column(col, overflow="fold")
+    for c in d["shapes"]:
+        verdict = "[bold red]REJECTED[/]" if c["outcome"] == "REJECTED" else "[green]OK[/]"
+        why = f"{c['reason']}: {c['detail']}" if c["reason"] else ""
+        table.add_row(
+            c["step"], c["shape"], f"{c['cpus_per_bundle']:g}", str(c["units"]), verdict, why
+        )
+    out.print(table)
+    e = d["estimate"]
+    src = ", ".join(f"{k} {v:g}s ({d['duration_source'][k]})" for k, v in d["durations_s"].items())
+    if e is None:
+        out.print("no unit can be admitted: nothing to estimate")
+        return
+    dur = (
+        "n/a (a unit needs more than the quota)"
+        if e["duration_h"] is None
+        else f"{e['duration_h']} h"
+    )
+    line = (
+        f"cost: {e['gpu_hours']} GPU-hours, {e['cpu_hours']} CPU-hours; duration under quota {dur}"
+    )
+    if e["duration_borrowing_h"] is not None:
+        line += f", {e['duration_borrowing_h']} h borrowing the idle cluster"
+    out.print(line)
+    out.print(f"unit durations: {src}")
+    if e["note"]:
+        out.print(f"note: {e['note']}")

@@ -26,6 +26,7 @@ Driver-side use (see :func:`admit_and_wait`)::
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +68,7 @@ class SchedulerController:
         self._last: dict[str, Admission] = {}
         self._requests: dict[str, Request] = {}  # admitted work's request, for requeueing
         self._cycles = 0
+        self._events: deque[dict[str, Any]] = deque(maxlen=2000)
         self._nodes_cache: tuple[float, tuple[NodeState, ...]] | None = None
 
     # --- driver API -------------------------------------------------------------------------
@@ -79,6 +81,28 @@ class SchedulerController:
             self._pending.setdefault(wid, request)
         self._cycle()
         return self._last[wid]
+
+    def submit_many(self, requests: list[Request]) -> list[tuple[Admission, Any]]:
+        """``submit`` for a batch in one cycle (a driver's units waiting for admission):
+        each request's decision and, once admitted with ``reserve``, its placement group."""
+        for request in requests:
+            wid = request.workload_id
+            if wid not in self._running:
+                if not request.submitted_at:
+                    request = replace(request, submitted_at=time.time())
+                self._pending.setdefault(wid, request)
+        self._cycle()
+        return [(self._last[r.workload_id], self._pgs.get(r.workload_id)) for r in requests]
+
+    def yields_requested(self, workload_ids: list[str]) -> list[str]:
+        """Which of these running units were asked to checkpoint and stop (one call per
+        driver loop, not one per unit)."""
+        return [w for w in workload_ids if w in self._yield_at]
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        """What the scheduler did, in order: admitted, preempt (victims asked to yield),
+        released, requeued, rejected, forced - each with the cycle that did it."""
+        return [e for e in self._events if e["seq"] >= since]
 
     def poll(self, workload_id: str) -> Admission:
         """Run a cycle and return the latest decision for ``workload_id``."""
@@ -122,6 +146,7 @@ class SchedulerController:
             self._pending[workload_id] = req
         elif w is None:
             self._pending.pop(workload_id, None)  # cancel a queued request
+        self._log("requeued" if w is not None and requeue else "released", workload_id)
         self._cycle()
         return self._last.get(workload_id) if requeue else None
 
@@ -204,6 +229,19 @@ class SchedulerController:
         )
         return Snapshot(self._spec, nodes, running, time.time())
 
+    def _log(self, event: str, workload_id: str, **detail: Any) -> None:
+        seq = self._events[-1]["seq"] + 1 if self._events else 0
+        self._events.append(
+            {
+                "seq": seq,
+                "cycle": self._cycles,
+                "at": time.time(),
+                "event": event,
+                "workload_id": workload_id,
+                **detail,
+            }
+        )
+
     def _cycle(self) -> None:
         self._cycles += 1
         self._force_overdue_yields()
@@ -221,13 +259,19 @@ class SchedulerController:
                     d.placement,
                     started_at=time.time(),
                 )
-                if self._create_pgs:
+                if self._create_pgs and req.reserve:
                     self._pgs[d.workload_id] = self._create_pg(d.workload_id, d.placement)
+                self._log("admitted", d.workload_id, nodes=sorted(d.placement.gpus_by_node()))
             elif d.outcome is AdmissionOutcome.PREEMPT:
                 for v in d.victims:
-                    self._yield_at.setdefault(v, time.monotonic())
-            elif d.outcome is AdmissionOutcome.REJECTED:
-                self._pending.pop(d.workload_id, None)
+                    if v not in self._yield_at:
+                        self._yield_at[v] = time.monotonic()
+                        self._log("preempt", v, for_workload=d.workload_id)
+            elif (
+                d.outcome is AdmissionOutcome.REJECTED
+                and self._pending.pop(d.workload_id, None) is not None
+            ):
+                self._log("rejected", d.workload_id, reason=d.reason.name)
 
     def _force_overdue_yields(self) -> None:
         """A victim that did not release within ``yield_grace_s`` loses its placement group
@@ -235,7 +279,13 @@ class SchedulerController:
         checkpoint, which is older than a cooperative yield's."""
         now = time.monotonic()
         for wid, at in list(self._yield_at.items()):
-            if now - at > self._spec.yield_grace_s and wid in self._running:
+            # Work without a placement group here (Ray Train's own) cannot be stopped from
+            # here: its driver enforces train.yield_timeout_s and releases it.
+            if (
+                now - at > self._spec.yield_grace_s
+                and wid in self._running
+                and self._requests[wid].reserve
+            ):
                 self._running.pop(wid)
                 pg = self._pgs.pop(wid, None)
                 if pg is not None:
@@ -244,6 +294,7 @@ class SchedulerController:
                     ray.util.remove_placement_group(pg)
                 self._yield_at.pop(wid)
                 self._pending[wid] = self._requests[wid]
+                self._log("forced", wid)
 
     def _create_pg(self, workload_id: str, plan: PlacementPlan) -> Any:
         from ray.util import placement_group
@@ -336,9 +387,9 @@ def run_in_placement_group(
 def scaling_config_kwargs(plan: PlacementPlan) -> dict[str, Any]:
     """How a plan maps onto Ray Train's ``ScalingConfig``: one worker per bundle.
 
-    Ray Train creates its own placement group from these; pass them with
-    ``create_placement_groups=False`` on the scheduler so capacity is accounted, not reserved
-    twice.
+    Ray Train creates its own placement group from these; submit such work with
+    ``Request(reserve=False)`` so capacity is accounted, not reserved twice. Add
+    ``label_selector=plan.label_selectors()`` to pin each worker to its planned node.
     """
     b = plan.bundles[0]
     return {

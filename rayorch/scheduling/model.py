@@ -37,6 +37,9 @@ class Request:
     allow_reshape: bool = False  # may run as e.g. 2x4 instead of 1x8
     spread: bool = False  # bundles on distinct nodes (e.g. for fault isolation)
     submitted_at: float = 0.0
+    # False: the scheduler accounts the capacity but creates no placement group, because the
+    # work makes its own from the plan (Ray Train); reserving twice would deadlock.
+    reserve: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class Request:
             "priority": self.priority.value,
             "allow_reshape": self.allow_reshape,
             "submitted_at": self.submitted_at,
+            "reserve": self.reserve,
         }
 
 
