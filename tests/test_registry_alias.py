@@ -40,6 +40,13 @@ def built(tmp_path_factory):
     return root, b, versions, trained
 
 
+def _pin_registry(monkeypatch, uri: str) -> None:
+    """MLflow's global registry URI for this test only (``set_registry_uri`` would leak it
+    into later tests, whose registrations would then land in this test's database)."""
+    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+
+
 def _public(b: RegistryBuilder, model: str, alias: str) -> str | None:
     try:
         return str(b.client.get_model_version_by_alias(model, alias).version)
@@ -130,26 +137,21 @@ def test_orphans_of_a_dead_coordinator_are_settled_before_the_next_move(built, t
     live.audit.close()
 
 
-def test_every_copy_of_a_model_digests_to_the_registered_digest(built):
+def test_every_copy_of_a_model_digests_to_the_registered_digest(built, monkeypatch):
     """Registration digests a download; a fresh download (any URI form, marker or not) and a
     copy taken straight from the artifact store give the same digest."""
-    import mlflow
     import mlflow.artifacts
 
     root, b, _, trained = built
     source = b.client.get_model_version("t", trained.version).source
-    previous = mlflow.get_registry_uri()
-    mlflow.set_registry_uri(b.uri)
-    try:
-        for uri in (f"models:/t/{trained.version}", source, f"runs:/{trained.run_id}/model"):
-            with tempfile.TemporaryDirectory() as tmp:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=tmp, tracking_uri=b.uri
-                )
-                assert os.path.exists(os.path.join(local, "registered_model_meta")), uri
-                assert directory_digest(local) == trained.artifact_digest, uri
-    finally:
-        mlflow.set_registry_uri(previous)
+    _pin_registry(monkeypatch, b.uri)  # models:/ URIs resolve through the registry URI
+    for uri in (f"models:/t/{trained.version}", source, f"runs:/{trained.run_id}/model"):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=b.uri
+            )
+            assert os.path.exists(os.path.join(local, "registered_model_meta")), uri
+            assert directory_digest(local) == trained.artifact_digest, uri
     stored = [
         os.path.dirname(p)
         for p in glob.glob(os.path.join(str(root), "artifacts", "**", "MLmodel"), recursive=True)

@@ -295,7 +295,7 @@ def test_cli_promote_rollback_history_verify(reg, cli_env, tmp_path):
     assert code == 6 and "UNKNOWN" in out
 
 
-def test_verify_reads_deployed_directories_and_uris(reg):
+def test_verify_reads_deployed_directories_and_uris(reg, monkeypatch):
     import mlflow
     import mlflow.artifacts
 
@@ -312,17 +312,15 @@ def test_verify_reads_deployed_directories_and_uris(reg):
     assert drift.status is VerifyStatus.DRIFT and drift.deployed_version == "2"
     assert drift.expected_digest == versions["trained"].artifact_digest
     # a server that pulled models:/fraud-detector/1 (MLflow adds its download marker) matches
-    previous = mlflow.get_registry_uri()
-    mlflow.set_registry_uri(b.uri)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            pulled = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{MODEL}/1", dst_path=tmp, tracking_uri=b.uri
-            )
-            assert os.path.exists(os.path.join(pulled, "registered_model_meta"))
-            same = verify_deployed(MODEL, "edge", pulled, settings=settings)
-    finally:
-        mlflow.set_registry_uri(previous)
+    # (MLflow's global registry URI for this test only: set_registry_uri would leak it)
+    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", b.uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", b.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        pulled = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL}/1", dst_path=tmp, tracking_uri=b.uri
+        )
+        assert os.path.exists(os.path.join(pulled, "registered_model_meta"))
+        same = verify_deployed(MODEL, "edge", pulled, settings=settings)
     assert same.status is VerifyStatus.MATCH and same.deployed_version == "1"
 
 
