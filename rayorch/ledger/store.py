@@ -9,32 +9,36 @@ current token of a RUNNING claim.
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import json
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     bindparam,
-    create_engine,
-    event,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from rayorch.errors import ClaimHeldError, InfrastructureError, NotFoundError, StaleTokenError
+from rayorch.ledger.engine import _chunks, _insert_ignore, _is_transient, _make_engine
+from rayorch.ledger.rows import (
+    BackfillRow,
+    ClaimOutcome,
+    ClaimResult,
+    UnitRow,
+    UnitSpec,
+    _row_to_backfill,
+    _row_to_unit,
+    driver_identity,
+    params_hash,
+)
 from rayorch.ledger.schema import (
     LEDGER_SCHEMA_VERSION,
     backfill_units,
@@ -51,119 +55,20 @@ from rayorch.ledger.states import (
     check_backfill,
 )
 
+__all__ = [
+    "DEFAULT_LEASE_S",
+    "BackfillRow",
+    "ClaimOutcome",
+    "ClaimResult",
+    "Ledger",
+    "UnitRow",
+    "UnitSpec",
+    "_make_engine",
+    "driver_identity",
+    "params_hash",
+]
+
 DEFAULT_LEASE_S = 60.0
-
-
-class ClaimOutcome(str, enum.Enum):
-    GRANTED = "GRANTED"
-    ALREADY_DONE = "ALREADY_DONE"
-    FAILED_BEFORE = "FAILED_BEFORE"
-    HELD = "HELD"  # by another backfill whose lease is live
-
-
-@dataclass(frozen=True, slots=True)
-class UnitRow:
-    run_key: str
-    step: str
-    partition: str
-    state: UnitState
-    token: int
-    holder: str | None
-    lease_until: float | None
-    attempts: int
-    last_error: str | None
-    committed_token: int | None
-    committed_at: float | None
-    committed_by: str | None
-    output: dict[str, Any] | None
-    progress: dict[str, Any] | None
-    updated_at: float
-
-    def lease_live(self, now: float) -> bool:
-        return (
-            self.state is UnitState.RUNNING
-            and self.lease_until is not None
-            and self.lease_until > now
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    run_key: str
-    outcome: ClaimOutcome
-    token: int | None = None
-    unit: UnitRow | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UnitSpec:
-    """What the ledger needs to know about a planned unit."""
-
-    run_key: str
-    pipeline: str
-    step: str
-    partition: str
-
-
-@dataclass(frozen=True, slots=True)
-class BackfillRow:
-    id: str
-    pipeline: str
-    params: dict[str, Any]
-    params_hash: str
-    config_fingerprint: str
-    state: BackfillState
-    owner: str
-    created_at: float
-    updated_at: float
-    heartbeat_at: float
-    cancel_requested: bool
-    summary: dict[str, Any] | None
-
-
-def _row_to_unit(r: Any) -> UnitRow:
-    return UnitRow(
-        run_key=r.run_key,
-        step=r.step,
-        partition=r.partition,
-        state=UnitState(r.state),
-        token=r.token,
-        holder=r.holder,
-        lease_until=r.lease_until,
-        attempts=r.attempts,
-        last_error=r.last_error,
-        committed_token=r.committed_token,
-        committed_at=r.committed_at,
-        committed_by=r.committed_by,
-        output=json.loads(r.output) if r.output else None,
-        progress=json.loads(r.progress) if r.progress else None,
-        updated_at=r.updated_at,
-    )
-
-
-def _row_to_backfill(r: Any) -> BackfillRow:
-    return BackfillRow(
-        id=r.id,
-        pipeline=r.pipeline,
-        params=json.loads(r.params),
-        params_hash=r.params_hash,
-        config_fingerprint=r.config_fingerprint,
-        state=BackfillState(r.state),
-        owner=r.owner,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-        heartbeat_at=r.heartbeat_at,
-        cancel_requested=bool(r.cancel_requested),
-        summary=json.loads(r.summary) if r.summary else None,
-    )
-
-
-def params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def driver_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Ledger:
@@ -709,52 +614,3 @@ class Ledger:
                 detail=detail,
             )
         )
-
-
-def _is_transient(e: OperationalError) -> bool:
-    text = str(e).lower()
-    return "deadlock" in text or "could not serialize" in text or "database is locked" in text
-
-
-def _chunks(seq: Sequence[str], n: int) -> Iterator[Sequence[str]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
-def _insert_ignore(engine: Engine, table: Any) -> Any:
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    if engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    return insert(table)
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            # Take the write lock up front: read-then-write inside one transaction never
-            # deadlocks on lock upgrade, and conditional updates are serialized.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True)
