@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayorch.backfill.executor import UnitExecutor
 from rayorch.backfill.plan import BackfillPlan, Unit
@@ -26,6 +26,9 @@ from rayorch.errors import (
 from rayorch.faults import crash_point
 from rayorch.ledger.states import BackfillState, Reprocess, UnitState
 from rayorch.ledger.store import DEFAULT_LEASE_S, ClaimOutcome, Ledger, UnitSpec
+
+if TYPE_CHECKING:
+    from rayorch.backfill.scheduled import SchedulerGate
 
 _COMMIT_BATCH = 64
 _LINGER_S = 0.02
@@ -180,10 +183,18 @@ class BackfillDriver:
         options: DriverOptions,
         progress: ProgressFn | None = None,
         cluster_cpus: float | None = None,
+        gate: SchedulerGate | None = None,
     ) -> None:
         self.plan, self.ledger, self.executor, self.opt = plan, ledger, executor, options
         self.progress = progress or _quiet
         self.max_conc = options.max_concurrency or max(8, int(2 * (cluster_cpus or 4)))
+        # With a scheduler: claimed units wait here for admission (run key -> unit, token,
+        # attempt) without blocking the loop; yield_asked: run key -> when the scheduler's
+        # yield request was passed on.
+        self.gate = gate
+        self.admitting: dict[str, tuple[Unit, int, int]] = {}
+        self.yield_asked: dict[str, float] = {}
+        self._submitted: set[str] = set()
         self.stop_requested = threading.Event()  # cancel: release claims, work is dropped
         self.preempt_requested = threading.Event()  # SIGTERM: training checkpoints and yields
         self.preempt_reason = "the driver was asked to stop (SIGTERM)"
@@ -234,15 +245,23 @@ class BackfillDriver:
                     if token is None:
                         ready.appendleft(unit)
                     else:
-                        ref = self.executor.submit(unit, token, generation.get(unit.run_key, 0))
-                        inflight[ref] = (unit, token, attempts.get(unit.run_key, 1))
+                        self._start(
+                            unit, token, attempts.get(unit.run_key, 1), generation, inflight
+                        )
                 self._release_blocked(s, blocked, ready)
                 batch: list[Unit] = []
-                while ready and len(inflight) + len(batch) < self.max_conc:
+                busy = len(inflight) + len(self.admitting)
+                while ready and busy + len(batch) < self.max_conc:
                     batch.append(ready.popleft())
                 if batch:
                     self._claim_and_submit(bf.id, s, batch, inflight, delayed, attempts, generation)
+                if self.gate is not None:
+                    self._admit(bf.id, s, inflight, generation)
+                    self._pass_on_yields(bf.id, s, inflight, delayed)
                 if not inflight:
+                    if self.admitting:  # waiting for the scheduler: poll at its pace
+                        time.sleep(self.gate.poll_s if self.gate else 0.1)
+                        continue
                     if ready:
                         continue
                     if not delayed:
@@ -253,6 +272,8 @@ class BackfillDriver:
                     time.sleep(max(0.0, min(d[0] for d in delayed) - time.time()))
                     continue
                 timeout = 1.0 if not delayed else max(0.0, min(d[0] for d in delayed) - now)
+                if self.admitting and self.gate is not None:
+                    timeout = min(timeout, self.gate.poll_s)
                 done, _ = ray.wait(list(inflight), num_returns=1, timeout=min(timeout, 1.0))
                 if done and len(inflight) > 1:
                     # Linger briefly so results commit in batches (one ledger transaction each).
@@ -267,9 +288,16 @@ class BackfillDriver:
                     try:
                         result = ray.get(ref)
                     except Exception as exc:
+                        self._release_capacity(unit.run_key)
                         self._on_error(bf.id, s, unit, token, attempt, _unwrap(exc), delayed)
                         continue
-                    if result.get("kind") == "yielded":
+                    # Give the capacity back at once: whoever waits for it is admitted by the
+                    # scheduling cycle this release runs. A yield keeps the unit's queue place.
+                    yielded = result.get("kind") == "yielded"
+                    self._release_capacity(
+                        unit.run_key, requeue=yielded and not self.preempt_requested.is_set()
+                    )
+                    if yielded:
                         self._on_yielded(bf.id, s, unit, token, result, delayed)
                         continue
                     if result.get("kind") == "not_ready":
@@ -285,6 +313,7 @@ class BackfillDriver:
             hb.stop()
             for ref in inflight:
                 ray.cancel(ref, force=True)
+            self._release_all_capacity(u.run_key for u, _, _ in inflight.values())
             ledger.release_all(bf.id, "driver stopped by an error")
             ledger.finish_backfill(bf.id, BackfillState.FAILED, {"error": "driver error"})
             raise
@@ -356,8 +385,7 @@ class BackfillDriver:
                 assert res.token is not None
                 attempts[unit.run_key] = attempts.get(unit.run_key, 0) + 1
                 gen = generation.get(unit.run_key, 0)
-                ref = self.executor.submit(unit, res.token, gen)
-                inflight[ref] = (unit, res.token, attempts[unit.run_key])
+                self._start(unit, res.token, attempts[unit.run_key], generation, inflight)
                 live = self.executor.live_progress(unit, gen)
                 if live is not None:
                     self.ledger.set_progress(unit.run_key, {"training": live})
@@ -383,6 +411,129 @@ class BackfillDriver:
                     s.outcomes[unit.run_key] = Outcome.SKIPPED_HELD
                     s.errors[unit.run_key] = f"held by backfill {holder}"
                     self.progress("skipped", unit, {"why": f"held by {holder}"})
+
+    # -- under a scheduler (see rayorch/backfill/scheduled.py) -------------------------------
+    def _start(
+        self,
+        unit: Unit,
+        token: int,
+        attempt: int,
+        generation: dict[str, int],
+        inflight: dict[Any, tuple[Unit, int, int]],
+    ) -> None:
+        """Run a claimed unit now, or (with a scheduler) once it is admitted."""
+        if self.gate is not None:
+            self.admitting[unit.run_key] = (unit, token, attempt)
+            return
+        ref = self.executor.submit(unit, token, generation.get(unit.run_key, 0))
+        inflight[ref] = (unit, token, attempt)
+
+    def _admit(
+        self,
+        bf_id: str,
+        s: BackfillSummary,
+        inflight: dict[Any, tuple[Unit, int, int]],
+        generation: dict[str, int],
+    ) -> None:
+        """One batched submit/poll of the units waiting for admission (never blocks on it)."""
+        from rayorch.scheduling.admission import AdmissionOutcome
+
+        assert self.gate is not None
+        if not self.admitting:
+            return
+        fresh = any(k not in self._submitted for k in self.admitting)
+        answers = self.gate.admit([u for u, _, _ in self.admitting.values()], force=fresh)
+        if answers is None:
+            return
+        for key, (a, placed) in answers.items():
+            unit, token, attempt = self.admitting[key]
+            if key not in self._submitted:
+                self._submitted.add(key)
+                self.progress("admission", unit, a.to_dict())
+            if a.outcome is AdmissionOutcome.ADMITTED:
+                del self.admitting[key]
+                ref = self.executor.submit(unit, token, generation.get(key, 0), placement=placed)
+                inflight[ref] = (unit, token, attempt)
+                self.progress("admitted", unit, a.to_dict())
+            elif a.outcome is AdmissionOutcome.REJECTED:
+                del self.admitting[key]
+                msg = f"admission REJECTED ({a.reason.name}): {a.detail or a.reason.value}"
+                self.ledger.fail(bf_id, key, token, msg)
+                s.outcomes[key] = Outcome.FAILED
+                s.errors[key] = msg
+                self.progress("failed", unit, {"error": msg})
+
+    def _pass_on_yields(
+        self,
+        bf_id: str,
+        s: BackfillSummary,
+        inflight: dict[Any, tuple[Unit, int, int]],
+        delayed: list[tuple[float, Unit, int | None]],
+    ) -> None:
+        """Hand the scheduler's yield requests to the running units: training checkpoints and
+        stops (its ``yielded`` result re-queues it); other work is cancelled and re-queued."""
+        import ray
+
+        assert self.gate is not None
+        running = {u.run_key: (ref, u, tok) for ref, (u, tok, _) in inflight.items()}
+        now = time.time()
+        for key, at in list(self.yield_asked.items()):
+            if key not in running:
+                self.yield_asked.pop(key)
+            elif now - at > self.opt.yield_timeout_s:
+                ref, unit, token = running[key]
+                ray.cancel(ref, force=True)
+                inflight.pop(ref)
+                self.yield_asked.pop(key)
+                self._requeue(
+                    bf_id,
+                    unit,
+                    token,
+                    delayed,
+                    f"did not yield within {self.opt.yield_timeout_s:.0f}s "
+                    "(train.yield_timeout_s); stopped, resumes from its previous checkpoint",
+                )
+        asked = self.gate.yields_requested(k for k in running if k not in self.yield_asked)
+        for key in asked:
+            ref, unit, token = running[key]
+            why = "scheduler: higher-priority work needs this capacity"
+            if self.executor.request_yield(unit, token, why):
+                self.yield_asked[key] = now
+                self.progress("yielding", unit, {"why": why})
+            else:
+                ray.cancel(ref, force=True)
+                inflight.pop(ref)
+                self._requeue(bf_id, unit, token, delayed, f"{why}; cancelled, re-runs")
+
+    def _requeue(
+        self,
+        bf_id: str,
+        unit: Unit,
+        token: int,
+        delayed: list[tuple[float, Unit, int | None]],
+        why: str,
+    ) -> None:
+        self.ledger.release(bf_id, unit.run_key, token, why)
+        self._release_capacity(unit.run_key, requeue=True)
+        delayed.append((time.time() + self.opt.conflict_poll_s, unit, None))
+        self.progress("requeued", unit, {"why": why})
+
+    def _release_capacity(self, run_key: str, requeue: bool = False) -> None:
+        if self.gate is not None:
+            self.yield_asked.pop(run_key, None)
+            self.gate.release(run_key, requeue=requeue)
+
+    def _release_all_capacity(self, run_keys: Any) -> None:
+        """Give back everything this driver holds or waits for (cancel, preempt, error)."""
+        if self.gate is None:
+            return
+        keys = {*run_keys, *self.admitting}
+        self.admitting.clear()
+        self.yield_asked.clear()
+        try:
+            self.gate.release_all(sorted(keys))
+        except Exception:  # the scheduler is gone: nothing to give back
+            return
 
     def _commit(
         self, bf_id: str, s: BackfillSummary, commits: list[tuple[Unit, int, dict[str, Any]]]
@@ -456,6 +607,7 @@ class BackfillDriver:
         why = self.preempt_reason
         deadline = time.time() + self.opt.yield_timeout_s
         waiting: dict[Any, tuple[Unit, int]] = {}
+        running_keys = [(u, t) for u, t, _ in inflight.values()]
         for ref, (unit, token, _) in list(inflight.items()):
             if self.executor.request_yield(unit, token, why):
                 waiting[ref] = (unit, token)
@@ -492,6 +644,7 @@ class BackfillDriver:
                 f"did not yield within {self.opt.yield_timeout_s:.0f}s (train.yield_timeout_s); "
                 "stopped without a new checkpoint, resumes from its previous one"
             )
+        self._release_all_capacity(u.run_key for u, _ in running_keys)
         self.ledger.release_all(bf_id, f"preempted: {why}")
         self.progress("preempted", None, {"why": why})
 
@@ -537,7 +690,9 @@ class BackfillDriver:
         for ref, (unit, _, _) in list(inflight.items()):
             ray.cancel(ref, force=True)
             s.outcomes[unit.run_key] = Outcome.CANCELLED
-        for unit in [*ready, *blocked, *(d[1] for d in delayed)]:
+        admitting = [u for u, _, _ in self.admitting.values()]
+        for unit in [*ready, *blocked, *(d[1] for d in delayed), *admitting]:
             s.outcomes.setdefault(unit.run_key, Outcome.CANCELLED)
+        self._release_all_capacity(u.run_key for u, _, _ in inflight.values())
         self.ledger.release_all(s.backfill_id, "backfill cancelled")
         self.progress("cancelled", None, {})

@@ -20,7 +20,10 @@ from rayorch.spec import PipelineSpec
 
 class UnitExecutor(Protocol):
     def submit(self, unit: Unit, token: int, generation: int) -> Any:
-        """Start the unit's work; return a Ray ObjectRef resolving to a result dict."""
+        """Start the unit's work; return a Ray ObjectRef resolving to a result dict.
+
+        Under a scheduler the driver also passes ``placement=`` (a
+        :class:`rayorch.backfill.scheduled.Placement`): where the admitted unit must run."""
 
     def publish(self, unit: Unit, result: dict[str, Any]) -> None:
         """After the ledger accepted the commit: make the output live."""
@@ -36,10 +39,10 @@ class UnitExecutor(Protocol):
         """Where ``rayorch status`` finds the unit's live progress (None: none)."""
 
 
-def _train_task(req: Any) -> dict[str, Any]:
+def _train_task(req: Any, placement: dict[str, Any] | None = None) -> dict[str, Any]:
     from rayorch.train.runner import run_train_unit
 
-    return run_train_unit(req)
+    return run_train_unit(req, placement=placement)
 
 
 class RayExecutor:
@@ -61,9 +64,19 @@ class RayExecutor:
         self._train = ray.remote(num_cpus=0, max_retries=0)(_train_task)
         self._generation: dict[str, int] = {}
 
-    def submit(self, unit: Unit, token: int, generation: int) -> Any:
+    def submit(self, unit: Unit, token: int, generation: int, placement: Any = None) -> Any:
         if unit.step is Step.FEATURES:
-            return self._feature.options(num_cpus=unit.cpus, **self.env.task_options()).remote(
+            opts: dict[str, Any] = {"num_cpus": unit.cpus, **self.env.task_options()}
+            if placement is not None and placement.pg is not None:
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                # The task waits for its placement group; the driver loop does not.
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement.pg,
+                    placement_group_bundle_index=0,
+                    placement_group_capture_child_tasks=False,
+                )
+            return self._feature.options(**opts).remote(
                 self._spec_ref,
                 self.source_root,
                 self.output_root,
@@ -77,8 +90,10 @@ class RayExecutor:
         self._generation[unit.run_key] = generation
 
         req = TrainRequest(self.spec, self.settings, unit, token, generation, env=self.env.context)
-        # Ray Train workers started by this task inherit its runtime_env.
-        return self._train.options(**self.env.task_options()).remote(req)
+        # Ray Train workers started by this task inherit its runtime_env. Under a scheduler,
+        # Ray Train's own placement group follows the plan (strategy, workers pinned to nodes).
+        kwargs = placement.scaling_kwargs() if placement is not None else None
+        return self._train.options(**self.env.task_options()).remote(req, kwargs)
 
     def publish(self, unit: Unit, result: dict[str, Any]) -> None:
         if unit.step is Step.FEATURES:
@@ -128,7 +143,7 @@ class NoopExecutor:
 
         self._task = ray.remote(num_cpus=1, max_retries=0)(_noop)
 
-    def submit(self, unit: Unit, token: int, generation: int) -> Any:
+    def submit(self, unit: Unit, token: int, generation: int, placement: Any = None) -> Any:
         return self._task.remote(unit, token)
 
     def publish(self, unit: Unit, result: dict[str, Any]) -> None:

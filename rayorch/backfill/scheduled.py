@@ -1,0 +1,196 @@
+"""A backfill under the scheduler: the driver's side of admission, placement and preemption.
+
+With ``--cluster`` every claimed unit becomes a scheduler request (workload id = run key) and
+waits, without blocking the driver loop, until the named scheduler actor admits it:
+
+* feature units run inside the placement group the scheduler created for them;
+* training units get Ray Train ``ScalingConfig`` kwargs (``placement_strategy`` and one
+  ``label_selector`` per worker pinning it to its planned node), so Ray Train's own placement
+  group follows the plan; the scheduler reserves nothing for them (``Request.reserve=False``);
+* a REJECTED admission fails the unit at once with the scheduler's reason;
+* running units the scheduler asks to yield are found with one batched call per second.
+
+Every unit that finishes, fails or yields gives its capacity back (``release``; a yielded unit
+with ``requeue=True`` keeps its place in the queue). All calls are short actor calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rayorch.backfill.plan import Unit
+from rayorch.scheduling.admission import Admission
+from rayorch.scheduling.model import PlacementPlan
+from rayorch.scheduling.quota import ClusterSpec, PriorityClass
+from rayorch.scheduling.units import unit_request
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an admitted unit runs: the plan, and the scheduler's placement group (if any)."""
+
+    workload_id: str
+    plan: PlacementPlan
+    pg: Any = None  # ray PlacementGroup for feature units; None for Ray Train units
+
+    def scaling_kwargs(self) -> dict[str, Any]:
+        """Extra ``ray.train.ScalingConfig`` kwargs: the plan's strategy, and each worker
+        pinned to the node its bundle was planned on."""
+        return {
+            "placement_strategy": self.plan.strategy.value,
+            "label_selector": self.plan.label_selectors(),
+        }
+
+
+class SchedulerGate:
+    """Talks to the ``rayorch-scheduler`` actor on behalf of one backfill driver."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        namespace: str,
+        priority: PriorityClass | None = None,
+        *,
+        poll_s: float = 0.25,
+        yield_check_s: float = 1.0,
+        actor: Any = None,
+    ) -> None:
+        from rayorch.scheduling.controller import get_scheduler
+
+        self.cluster = cluster
+        self.namespace = namespace
+        self.priority = priority or cluster.default_priority
+        self.poll_s = poll_s
+        self.yield_check_s = yield_check_s
+        self.actor = actor if actor is not None else get_scheduler(cluster)
+        self._last_poll = 0.0
+        self._last_yield_check = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "priority": self.priority.value}
+
+    def admit(
+        self, units: Iterable[Unit], force: bool = False
+    ) -> dict[str, tuple[Admission, Placement | None]] | None:
+        """Submit (or re-poll) units in one actor call; None when polled too recently.
+
+        Submitting is idempotent per run key: a unit already queued keeps its place, one
+        already admitted gets its admission back.
+        """
+        import ray
+
+        us = list(units)
+        now = time.monotonic()
+        if not us or (not force and now - self._last_poll < self.poll_s):
+            return None
+        self._last_poll = now
+        reqs = [unit_request(u, self.namespace, self.priority) for u in us]
+        answers = ray.get(self.actor.submit_many.remote(reqs))
+        out: dict[str, tuple[Admission, Placement | None]] = {}
+        for req, (a, pg) in zip(reqs, answers, strict=True):
+            placed = (
+                Placement(req.workload_id, a.placement, pg) if a.placement is not None else None
+            )
+            out[req.workload_id] = (a, placed)
+        return out
+
+    def yields_requested(self, run_keys: Iterable[str]) -> list[str]:
+        """Running units the scheduler asked to yield (at most one call per yield_check_s)."""
+        import ray
+
+        keys = list(run_keys)
+        now = time.monotonic()
+        if not keys or now - self._last_yield_check < self.yield_check_s:
+            return []
+        self._last_yield_check = now
+        return list(ray.get(self.actor.yields_requested.remote(keys)))
+
+    def release(self, run_key: str, requeue: bool = False) -> None:
+        """Give the unit's capacity back; ``requeue``: it resumes later, keeping its place."""
+        import ray
+
+        ray.get(self.actor.release.remote(run_key, requeue))
+
+    def release_all(self, run_keys: Iterable[str]) -> None:
+        import ray
+
+        refs = [self.actor.release.remote(k, False) for k in run_keys]
+        if refs:
+            ray.get(refs)
+
+
+def measured_durations(ledger: Any, pipeline: str) -> dict[str, float]:
+    """Median seconds from CLAIM to COMMIT of the pipeline's committed units, per step.
+
+    Includes time spent waiting for admission under a scheduler, so it errs long.
+    """
+    claims: dict[tuple[str, int], float] = {}
+    for e in ledger.events(event_name="CLAIM"):
+        if str(e["run_key"]).startswith(f"{pipeline}/"):
+            claims[(e["run_key"], e["token"])] = e["at"]
+    by_step: dict[str, list[float]] = {}
+    for e in ledger.events(event_name="COMMIT"):
+        started = claims.get((e["run_key"], e["token"]))
+        if started is None:
+            continue
+        step = str(e["run_key"]).split("/")[1]
+        by_step.setdefault(step, []).append(max(0.0, e["at"] - started))
+    return {k: sorted(v)[len(v) // 2] for k, v in by_step.items()}
+
+
+def load_cluster_spec(cluster: Any) -> ClusterSpec:
+    from rayorch.scheduling.quota import load_cluster
+
+    return cluster if isinstance(cluster, ClusterSpec) else load_cluster(cluster)
+
+
+def resolve_namespace(cluster: ClusterSpec, namespace: str | None, default: str) -> str:
+    """``--namespace`` or the pipeline's ``namespace:``; it must be in the cluster config."""
+    from rayorch.errors import ConfigError
+
+    ns = namespace or default
+    if cluster.quota(ns) is None:
+        raise ConfigError(
+            f"namespace {ns!r} is not in the cluster config (namespaces: "
+            f"{', '.join(sorted(cluster.namespaces))}); pass --namespace or add it",
+            field="namespace",
+            value=ns,
+        )
+    return ns
+
+
+def make_gate(
+    cluster: Any, namespace: str | None, priority: PriorityClass | str | None, spec: Any
+) -> SchedulerGate:
+    """The driver's scheduler gate for ``run_backfill(cluster=...)`` (Ray must be up)."""
+    cs = load_cluster_spec(cluster)
+    ns = resolve_namespace(cs, namespace, spec.namespace)
+    return SchedulerGate(cs, ns, PriorityClass(priority) if priority else None)
+
+
+def schedule_check(
+    plan: Any,
+    spec: Any,
+    cluster: Any,
+    namespace: str | None = None,
+    priority: PriorityClass | str | None = None,
+    durations_s: dict[str, float] | None = None,
+    ledger: Any = None,
+) -> Any:
+    """``rayorch plan --cluster``: REJECTED shapes and the cost under the namespace quota.
+
+    Durations per step: ``durations_s`` (configured) over what the ledger measured for this
+    pipeline over the defaults.
+    """
+    from rayorch.scheduling.units import check_plan
+
+    cs = load_cluster_spec(cluster)
+    ns = namespace or spec.namespace
+    measured = measured_durations(ledger, plan.pipeline) if ledger is not None else {}
+    given = {**measured, **(durations_s or {})}
+    source = {k: "measured" for k in measured} | {k: "configured" for k in durations_s or {}}
+    prio = PriorityClass(priority) if priority else cs.default_priority
+    return check_plan(plan.units, cs, ns, prio, given, source)
