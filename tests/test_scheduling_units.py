@@ -168,3 +168,21 @@ def test_plan_cli_shows_rejected_shapes_and_cost(tmp_path, home):
     assert train["shape"] == "2x16" and train["units"] == 3
     assert d["duration_source"] == {"features": "default", "train": "configured"}
     assert d["estimate"]["units"] == 12  # the feature units that can run
+
+
+def test_gate_arguments_checked_before_ray_starts(tmp_path):
+    from rayorch.backfill.scheduled import gate_args
+
+    spec = _spec(tmp_path)
+    units = plan_backfill(spec, DAY, DAY).units
+    cs, ns, prio = gate_args(_cluster(), "backfill", "production", spec, units)
+    assert ns == "backfill" and prio is PriorityClass.PRODUCTION and cs.quota("backfill")
+    assert gate_args(_cluster(), "backfill", None, spec, units)[2] is None  # cluster default
+    bad = [
+        ("nope", None, spec),  # namespace not in the cluster config
+        ("backfill", "urgent", spec),  # not a priority class
+        ("backfill", None, _spec(tmp_path, gpus_per_worker=0.5)),  # fractional GPUs
+    ]
+    for ns_, prio_, sp in bad:
+        with pytest.raises(ConfigError):
+            gate_args(_cluster(), ns_, prio_, sp, plan_backfill(sp, DAY, DAY).units)

@@ -162,13 +162,31 @@ def resolve_namespace(cluster: ClusterSpec, namespace: str | None, default: str)
     return ns
 
 
-def make_gate(
-    cluster: Any, namespace: str | None, priority: PriorityClass | str | None, spec: Any
-) -> SchedulerGate:
-    """The driver's scheduler gate for ``run_backfill(cluster=...)`` (Ray must be up)."""
+def gate_args(
+    cluster: Any,
+    namespace: str | None,
+    priority: PriorityClass | str | None,
+    spec: Any,
+    units: Iterable[Unit] = (),
+) -> tuple[ClusterSpec, str, PriorityClass | None]:
+    """Validated arguments of ``SchedulerGate`` for ``run_backfill(cluster=...)``: checked
+    before Ray starts, so a wrong namespace, priority or unit shape fails at once."""
+    from rayorch.errors import ConfigError
+    from rayorch.scheduling.units import unit_shape
+
+    for u in {u.step: u for u in units}.values():
+        unit_shape(u)  # e.g. fractional GPUs per worker: ConfigError
     cs = load_cluster_spec(cluster)
     ns = resolve_namespace(cs, namespace, spec.namespace)
-    return SchedulerGate(cs, ns, PriorityClass(priority) if priority else None)
+    try:
+        prio = PriorityClass(priority) if priority else None
+    except ValueError:
+        raise ConfigError(
+            f"--priority {priority!r}: choose {' or '.join(p.value for p in PriorityClass)}",
+            field="priority",
+            value=priority,
+        ) from None
+    return cs, ns, prio
 
 
 def schedule_check(
