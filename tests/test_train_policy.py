@@ -96,3 +96,12 @@ def test_run_files_progress_and_yield_flag(tmp_path):
 def test_exclude_nodes_selector():
     assert exclude_nodes_selector([]) is None
     assert exclude_nodes_selector(["b", "a"]) == {"ray.io/node-id": "!in(a,b)"}
+
+
+def test_run_files_on_a_filesystem_uri(tmp_path):
+    """Checkpoint storage may be any pyarrow filesystem URI; control files follow it."""
+    files = RunFiles(f"file://{tmp_path}/remote", "unit-g3")
+    files.write_progress({"step": 9})
+    files.request_yield("SIGTERM", token=4)
+    assert (tmp_path / "remote" / "unit-g3" / "rayorch" / "progress.json").exists()
+    assert files.read_progress()["step"] == 9 and files.yield_requested_by() == 4
