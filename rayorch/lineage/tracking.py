@@ -226,11 +226,20 @@ class Tracker:
 
 
 def directory_digest(root: str) -> str:
+    """sha256 over every file under ``root`` (relative path + bytes), sorted.
+
+    MLflow's download marker ``registered_model_meta`` at the root is left out: MLflow writes
+    it into every model directory it downloads (naming the registered model, or null), so it
+    says how a copy was fetched, not what the model is; a copy taken straight from the
+    artifact store has none. Leaving it out gives every copy of one model one digest.
+    """
     h = hashlib.sha256()
     for dirpath, _, files in sorted(os.walk(root)):
         for name in sorted(files):
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
+            if rel == "registered_model_meta":
+                continue
             h.update(rel.encode() + b"\0")
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
