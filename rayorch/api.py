@@ -86,6 +86,9 @@ def run_backfill(
     ledger: Ledger | None = None,
     lease_s: float | None = None,
     preempt: threading.Event | None = None,
+    cluster: Any = None,
+    namespace: str | None = None,
+    priority: str | None = None,
 ) -> BackfillSummary:
     """Plan and run a backfill on Ray. Re-running the same call skips what is done.
 
@@ -93,6 +96,10 @@ def run_backfill(
     ``preempt`` (e.g. from a SIGTERM handler) makes running training units checkpoint and
     stop within ``train.yield_timeout_s``; the backfill ends PREEMPTED and the next run of the
     same backfill resumes them from their checkpoints.
+
+    With ``cluster`` (a path to configs/cluster.yaml or a ClusterSpec) every unit is admitted
+    by the named scheduler actor in ``namespace`` (default: the pipeline's) and ``priority``
+    (default: the cluster's default_priority, backfill) - see docs/scheduling.md.
     """
     st = settings or load_settings()
     own_ledger = ledger is None
@@ -104,6 +111,11 @@ def run_backfill(
             keys, steps = params["keys"], ",".join(params["steps"])
         spec = _spec(config)
         plan = plan_backfill(spec, start, end, keys, steps)
+        gate_args = None
+        if cluster is not None:
+            from rayorch.backfill.scheduled import gate_args as _gate_args
+
+            gate_args = _gate_args(cluster, namespace, priority, spec, plan.units)
         ensure_ray(st)
         import ray
 
@@ -120,8 +132,19 @@ def run_backfill(
             yield_timeout_s=spec.train.yield_timeout_s if spec.train else 120.0,
             **({"lease_s": lease_s} if lease_s else {}),
         )
+        gate = None
+        if gate_args is not None:
+            from rayorch.backfill.scheduled import SchedulerGate
+
+            gate = SchedulerGate(*gate_args)
         driver = BackfillDriver(
-            plan, led, executor or RayExecutor(spec, st), opts, progress, cluster_cpus=cpus
+            plan,
+            led,
+            executor or RayExecutor(spec, st),
+            opts,
+            progress,
+            cluster_cpus=cpus,
+            gate=gate,
         )
         if preempt is not None:
             driver.preempt_requested = preempt

@@ -197,6 +197,11 @@ class TrainSpec(_Frozen):
     stragglers: StragglerSpec = Field(
         default_factory=StragglerSpec, description="Straggler detection."
     )
+    torch_backend: Literal["nccl", "gloo"] | None = Field(
+        None,
+        description="torch.distributed backend (None: nccl with GPUs, gloo without). gloo "
+        "with GPUs keeps Ray's GPU accounting on nodes whose torch has no CUDA (fake-GPU tests).",
+    )
     yield_timeout_s: float = Field(
         120.0,
         gt=0,

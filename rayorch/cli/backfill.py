@@ -33,6 +33,15 @@ ReprocessOpt = typer.Option(
     "--reprocess",
     help="missing: new units; failed: also failed; all: everything.",
 )
+ClusterOpt = typer.Option(
+    None, "--cluster", help="Quotas (configs/cluster.yaml): admit every unit via the scheduler."
+)
+NamespaceOpt = typer.Option(
+    None, "--namespace", help="Quota namespace (default: the pipeline's `namespace:`)."
+)
+PriorityOpt = typer.Option(
+    None, "--priority", help="backfill|production (default: the cluster's default_priority)."
+)
 
 
 def plan_cmd(
@@ -43,15 +52,29 @@ def plan_cmd(
     steps: str | None = StepsOpt,
     reprocess: Reprocess = ReprocessOpt,
     as_json: bool = JsonOpt,
+    cluster: str | None = ClusterOpt,
+    namespace: str | None = NamespaceOpt,
+    priority: str | None = PriorityOpt,
+    durations: str | None = typer.Option(
+        None, "--durations", help="Seconds per unit, e.g. features=60,train=1800 (with --cluster)."
+    ),
 ) -> None:
-    """Print the units a backfill would run, with run keys and what the ledger knows."""
+    """Print the units a backfill would run, with run keys and what the ledger knows.
+
+    With --cluster: shapes that can never be admitted (REJECTED, with the reason) and the
+    GPU-hours and estimated duration under the namespace quota."""
     with cli_errors(as_json):
         plan, annotated = plan_with_status(config, start, end, keys_arg(keys), steps, reprocess)
+        sched = _schedule_check(plan, config, cluster, namespace, priority, durations)
         if as_json:
             d = plan.to_dict()
             d["units"] = [a.to_dict() for a in annotated]
             d["status_counts"] = _count(a.status.value for a in annotated)
+            if sched is not None:
+                d["scheduling"] = sched.to_dict()
             emit_json(d)
+            if sched is not None and sched.rejected:
+                raise typer.Exit(1)
             return
         table = Table(title=f"plan: {plan.pipeline} {plan.start} .. {plan.end}")
         for col in ("step", "partition", "run key", "status", "detail"):
@@ -63,6 +86,41 @@ def plan_cmd(
         out.print(table)
         counts = _count(a.status.value for a in annotated)
         out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        if sched is not None:
+            from rayorch.cli.cluster import print_plan_check
+
+            print_plan_check(sched)
+            if sched.rejected:
+                raise typer.Exit(1)
+
+
+def _schedule_check(
+    plan: Any,
+    config: str,
+    cluster: str | None,
+    namespace: str | None,
+    priority: str | None,
+    durations: str | None,
+) -> Any:
+    if cluster is None:
+        return None
+    from rayorch.backfill.scheduled import schedule_check
+    from rayorch.cli.cluster import parse_durations
+    from rayorch.spec import load_pipeline
+
+    ledger = open_ledger()
+    try:
+        return schedule_check(
+            plan,
+            load_pipeline(config),
+            cluster,
+            namespace,
+            priority,
+            parse_durations(durations),
+            ledger,
+        )
+    finally:
+        ledger.close()
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -94,6 +152,9 @@ def backfill(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; run nothing."),
     as_json: bool = JsonOpt,
+    cluster: str | None = ClusterOpt,
+    namespace: str | None = NamespaceOpt,
+    priority: str | None = PriorityOpt,
 ) -> None:
     """Plan and run a backfill over --start..--end x --keys on Ray (re-runs skip done units)."""
     if ctx.invoked_subcommand is not None:
@@ -105,7 +166,19 @@ def backfill(
             raise ConfigError("--start and --end are required unless --resume ID is given")
         if dry_run:
             assert start and end
-            plan_cmd(config, start, end, keys, steps, reprocess, as_json)
+            plan_cmd(
+                config,
+                start,
+                end,
+                keys,
+                steps,
+                reprocess,
+                as_json,
+                cluster,
+                namespace,
+                priority,
+                durations=None,
+            )
             return
         summary = _run_with_progress(
             as_json,
@@ -119,6 +192,9 @@ def backfill(
             on_conflict=on_conflict,
             resume_id=resume,
             lease_s=lease_s,
+            cluster=cluster,
+            namespace=namespace,
+            priority=priority,
         )
         _print_summary(summary, as_json)
         if summary.state.value == "PREEMPTED":

@@ -14,6 +14,7 @@ from typing import Any
 
 from rayorch.backfill.plan import Unit
 from rayorch.data.outputs import read_manifests
+from rayorch.data.reader import read_validated
 from rayorch.errors import DataNotReadyError
 from rayorch.lineage.tracking import TAG_DATASET_DIGEST, Tracker, dataset_digest
 from rayorch.settings import Settings
@@ -69,7 +70,7 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
     import ray.data
     import ray.train
     import torch
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     spec, settings, unit = req.spec, req.settings, req.unit
     tspec = spec.train
@@ -105,7 +106,8 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
     # Same batches in the same order on every attempt, so a resume mid-epoch skips exactly the
     # batches the checkpoint already covers.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ray.data.read_parquet(files, columns=columns)
+    # Exactly the committed manifests' files, each re-verified (size + footer hash) first.
+    ds = read_validated(manifests, columns=columns)
     train_ds, val_ds = ds.train_test_split(
         test_size=tspec.validation_fraction, shuffle=True, seed=tspec.seed
     )
@@ -146,17 +148,22 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
     }
     excluded: list[str] = []
     while True:
+        # Under the scheduler, `placement` pins each worker to its planned node; a straggler
+        # restart moves off the excluded nodes instead.
+        where = {**(placement or {})}
+        if excluded or "label_selector" not in where:
+            where["label_selector"] = exclude_nodes_selector(excluded)
         scaling = ray.train.ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.gpus_per_worker > 0,
             resources_per_worker=resources,
-            label_selector=exclude_nodes_selector(excluded),
-            **(placement or {}),
+            **where,
         )
         trainer = TorchTrainer(
             train_loop_per_worker=run_user_loop,
             train_loop_config={"rayorch": loop_config},
             scaling_config=scaling,
+            torch_config=TorchConfig(backend=tspec.torch_backend) if tspec.torch_backend else None,
             run_config=ray.train.RunConfig(
                 name=run_name,
                 storage_path=storage,

@@ -120,7 +120,8 @@ class TrainSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """``ray.train.torch.prepare_model`` plus a DDP comm hook that times collective waits,
         so straggler detection sees each worker's own work, not time spent waiting for others."""
-        model = ray.train.torch.prepare_model(model)
+        # Ray-assigned GPUs without CUDA in torch (fake-GPU test clusters): stay on the CPU.
+        model = ray.train.torch.prepare_model(model, move_to_device=torch.cuda.is_available())
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model.register_comm_hook(self, _timed_allreduce)
         return model
@@ -461,7 +462,12 @@ def _gather(values: np.ndarray) -> np.ndarray:
 
 
 def _batches(shard: Any, columns: list[str], label: str, batch_size: int) -> Any:
-    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32):
+    # "auto" would move batches to the worker's Ray-assigned GPU; a torch without CUDA (a
+    # fake-GPU test cluster) keeps them on the CPU, like the model (see prepare_model).
+    device = "auto" if torch.cuda.is_available() else "cpu"
+    for batch in shard.iter_torch_batches(
+        batch_size=batch_size, dtypes=torch.float32, device=device
+    ):
         x = torch.stack([batch[c] for c in columns], dim=1)
         yield x, batch[label]
 
