@@ -85,16 +85,25 @@ def preempted_run(
             preempt.set()
             break
         time.sleep(0.1)
+    t_ask = time.perf_counter()
     th.join()
     first = time.perf_counter() - t0
+    yield_s = time.perf_counter() - t_ask
     s = box["s"]
     assert s.state.value == "PREEMPTED", s.to_dict()
     yielded_at = int((files.read_progress() or {}).get("step", 0))
     if scratch:
         files.delete_all()  # no checkpoints: the next attempt starts from step 0
     # resume: the same backfill again (missing units only: the yielded one)
+    t_resume = time.time()
     s2 = run_backfill(spec, DAY, DAY, steps="train", settings=settings)
     assert s2.state.value == "SUCCEEDED", s2.to_dict()
+    history = (files.read_progress() or {}).get("history") or [{}]
+    restart_s = float(history[-1].get("at", t_resume)) - t_resume
+    print(
+        f"  yield took {yield_s:.1f} s (request -> driver returned); restart took {restart_s:.1f} s "
+        "(resume call -> first step of the new worker group)"
+    )
     return time.perf_counter() - t0, first, yielded_at
 
 
