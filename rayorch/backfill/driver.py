@@ -589,11 +589,11 @@ class BackfillDriver:
         step = (result.get("training") or {}).get("step")
         why = f"yielded at step {step}; resumes from checkpoint {result.get('checkpoint')}"
         self.ledger.release(bf_id, unit.run_key, token, why)
-        s.outcomes[unit.run_key] = Outcome.YIELDED
         s.results[unit.run_key] = result
         if delayed is not None and not self.preempt_requested.is_set():
-            s.outcomes.pop(unit.run_key)
-            delayed.append((time.time() + self.opt.conflict_poll_s, unit, None))
+            delayed.append((time.time() + self.opt.conflict_poll_s, unit, None))  # re-queued
+        else:
+            s.outcomes[unit.run_key] = Outcome.YIELDED
         self.progress("yielded", unit, {"step": step, "checkpoint": result.get("checkpoint")})
 
     def _preempt(

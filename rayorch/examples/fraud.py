@@ -64,7 +64,8 @@ def build_features(ctx: Any, raw: pa.Table) -> pa.Table:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train per-worker loop: a small MLP trained with BCE, validated with AUC."""
-    from rayorch.train.session import TrainSession, binary_auc, torch_model_loop
+    from rayorch.train.loops import binary_auc, torch_model_loop
+    from rayorch.train.session import TrainSession
 
     session = TrainSession(config)
     torch_model_loop(session, task="binary", metric_fn=binary_auc)

@@ -59,6 +59,7 @@ def build_features(ctx: Any, raw: pa.Table) -> pa.Table:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    from rayorch.train.session import TrainSession, torch_model_loop
+    from rayorch.train.loops import torch_model_loop
+    from rayorch.train.session import TrainSession
 
     torch_model_loop(TrainSession(config), task="regression")

@@ -43,7 +43,8 @@ def ft_train_loop(config: dict[str, Any]) -> None:
     import signal
     from pathlib import Path
 
-    from rayorch.train.session import TrainSession, binary_auc, torch_model_loop
+    from rayorch.train.loops import binary_auc, torch_model_loop
+    from rayorch.train.session import TrainSession
 
     session = TrainSession(config)
     p = session.params

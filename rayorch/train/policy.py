@@ -85,7 +85,6 @@ class StragglerDetector:
     spec: StragglerSpec
     nodes: Sequence[str]
     streak: dict[int, int] = field(default_factory=dict)
-    flagged: dict[int, StragglerFlag] = field(default_factory=dict)
 
     def observe(
         self, step: int, busy: Sequence[float], since_start: int | None = None
@@ -112,6 +111,5 @@ class StragglerDetector:
                     consecutive=self.streak[rank],
                     step=step,
                 )
-                self.flagged[rank] = flag
                 new.append(flag)
         return new
