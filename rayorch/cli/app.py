@@ -8,6 +8,7 @@ import os
 import typer
 
 from rayorch.cli import backfill, cluster, data, demo, env, registry, reproduce, sensors, simulate
+from rayorch.cli import ui as ui_cmd
 
 app = typer.Typer(
     help="rayorch: a training orchestrator on Ray (backfills, sensors, training, registry).",
@@ -25,6 +26,7 @@ app.add_typer(cluster.app, name="cluster")
 app.command("simulate")(simulate.simulate)
 app.add_typer(env.app, name="env")
 app.command("reproduce")(reproduce.reproduce)
+app.command("ui")(ui_cmd.ui)
 
 
 def main() -> None:
