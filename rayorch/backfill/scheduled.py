@@ -12,13 +12,22 @@ waits, without blocking the driver loop, until the named scheduler actor admits 
 
 Every unit that finishes, fails or yields gives its capacity back (``release``; a yielded unit
 with ``requeue=True`` keeps its place in the queue). All calls are short actor calls.
+
+Leases: every request carries this gate's ``holder`` id; the scheduler keeps the holder's
+admissions and queued requests only while its lease is renewed. ``admit`` and
+``yields_requested`` renew it as a side effect, and ``heartbeat()`` (cheap, rate-limited to one
+actor call per ``lease_s / 3``) renews it when neither ran; a SIGKILLed driver stops renewing,
+and its capacity goes back within one lease.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rayorch.backfill.plan import Unit
@@ -57,17 +66,41 @@ class SchedulerGate:
         poll_s: float = 0.25,
         yield_check_s: float = 1.0,
         actor: Any = None,
+        db_url: str | None = None,
+        lease_s: float | None = None,
     ) -> None:
-        from rayorch.scheduling.controller import get_scheduler
+        from rayorch.scheduling.controller import DEFAULT_LEASE_S, get_scheduler
+        from rayorch.settings import load_settings
 
         self.cluster = cluster
         self.namespace = namespace
         self.priority = priority or cluster.default_priority
         self.poll_s = poll_s
         self.yield_check_s = yield_check_s
-        self.actor = actor if actor is not None else get_scheduler(cluster)
+        self.lease_s = lease_s or DEFAULT_LEASE_S
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.actor = (
+            actor
+            if actor is not None
+            else get_scheduler(
+                cluster, db_url=db_url or load_settings().db_url, lease_s=self.lease_s
+            )
+        )
         self._last_poll = 0.0
         self._last_yield_check = 0.0
+        self._last_renew = 0.0
+
+    def heartbeat(self, force: bool = False) -> bool:
+        """Renew this driver's lease unless a call renewed it within ``lease_s / 3``.
+        Returns whether an actor call was made. Call it once per driver loop turn."""
+        import ray
+
+        now = time.monotonic()
+        if not force and now - self._last_renew < self.lease_s / 3:
+            return False
+        self._last_renew = now
+        ray.get(self.actor.heartbeat.remote(self.holder))
+        return True
 
     def describe(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "priority": self.priority.value}
@@ -87,8 +120,11 @@ class SchedulerGate:
         if not us or (not force and now - self._last_poll < self.poll_s):
             return None
         self._last_poll = now
-        reqs = [unit_request(u, self.namespace, self.priority) for u in us]
+        reqs = [
+            replace(unit_request(u, self.namespace, self.priority), holder=self.holder) for u in us
+        ]
         answers = ray.get(self.actor.submit_many.remote(reqs))
+        self._last_renew = now
         out: dict[str, tuple[Admission, Placement | None]] = {}
         for req, (a, pg) in zip(reqs, answers, strict=True):
             placed = (
@@ -104,9 +140,11 @@ class SchedulerGate:
         keys = list(run_keys)
         now = time.monotonic()
         if not keys or now - self._last_yield_check < self.yield_check_s:
+            self.heartbeat()
             return []
         self._last_yield_check = now
-        return list(ray.get(self.actor.yields_requested.remote(keys)))
+        self._last_renew = now
+        return list(ray.get(self.actor.yields_requested.remote(keys, self.holder)))
 
     def release(self, run_key: str, requeue: bool = False) -> None:
         """Give the unit's capacity back; ``requeue``: it resumes later, keeping its place."""

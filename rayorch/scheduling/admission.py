@@ -12,12 +12,10 @@ Outcomes (ordered like Kueue's fit modes, with a reason each):
 * ``REJECTED``  - can never run (unknown namespace, a shape no node can ever hold, or bigger
   than a quota that may not borrow). Said at plan time, not after hours in a queue.
 
-Who may be preempted (a namespace inside its nominal quota is never preempted by another):
-
-* lower-priority work of the same namespace;
-* borrowed work (beyond its own quota) of another namespace with lower priority;
-* borrowed work of another namespace of any priority, when the requester is inside its own
-  nominal quota (the owner reclaims what it lent).
+Who may be preempted, and which placement the preemptor is nominated: ``preemption``. Work
+inside its nominal quota is never *evicted* by another namespace; it may only be *moved*
+(defragmenting preemption) when it can run again elsewhere at once. The cycle (``cycle``)
+reserves a preemptor's nominated placement until its victims have released.
 
 Pure: no Ray imports.
 """
@@ -29,8 +27,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from rayorch.scheduling.model import PlacementPlan, Request, RunningWorkload, Snapshot
+from rayorch.scheduling.model import PlacementPlan, Request, Snapshot
 from rayorch.scheduling.placement import Packing, never_fits, place
+from rayorch.scheduling.preemption import candidates, nominate
 from rayorch.scheduling.quota import NamespaceQuota
 from rayorch.scheduling.shapes import JobShape, NodeShape
 
@@ -57,6 +56,8 @@ class Reason(str, enum.Enum):
     WAITING_FOR_YIELD = "waiting for preempted work to checkpoint and release"
     BLOCKED_BEHIND_HEAD = "strict FIFO: an earlier request is queued"
     PREEMPTING = "lower-priority or borrowed work must yield"
+    DEFRAGMENTING = "quota free but no node has room: lower-priority work moves to other nodes"
+    RESERVED = "nominated placement being drained for this request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,9 @@ class AdmissionPolicy:
     reshape: bool = True  # honour request.allow_reshape
     order: QueueOrder = QueueOrder.PRIORITY
     head_of_line_blocking: bool = False  # strict FIFO: nothing passes a queued request
+    defragment: bool = True  # may move lower-priority in-quota work to make a node whole
+    reserve: bool = True  # hold what preemption frees for the preemptor (nomination)
+    max_preemptions_per_hour: int = 2  # per unit; beyond it a unit is not a victim
     extras: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -168,30 +172,6 @@ def _try(
     return None, plan, borrowed, ""
 
 
-def _candidates(req: Request, snap: Snapshot) -> list[RunningWorkload]:
-    """Work that may be asked to yield for ``req``, cheapest to preempt first."""
-    borrowed = snap.borrowed_ids()
-    q = snap.spec.quota(req.namespace)
-    g, _, _ = snap.usage(req.namespace)
-    requester_in_quota = q is not None and g + req.shape.total_gpus <= q.gpus
-    out = []
-    for w in snap.running:
-        if w.yielding:
-            continue
-        lower = w.priority.rank < req.priority.rank
-        if w.namespace == req.namespace:
-            ok = lower
-        else:
-            ok = w.workload_id in borrowed and (lower or requester_in_quota)
-        if ok:
-            out.append(w)
-    # lowest priority, borrowed first, latest started (least progress lost), then id
-    out.sort(
-        key=lambda w: (w.priority.rank, w.workload_id not in borrowed, -w.started_at, w.workload_id)
-    )
-    return out
-
-
 def admit(request: Request, snapshot: Snapshot, policy: AdmissionPolicy = RAYORCH) -> Admission:
     """Decide what happens to ``request`` given ``snapshot``. Pure and deterministic."""
     req, snap, wid = request, snapshot, request.workload_id
@@ -239,7 +219,8 @@ def admit(request: Request, snapshot: Snapshot, policy: AdmissionPolicy = RAYORC
     queued = Admission(wid, AdmissionOutcome.QUEUED, reason, detail, borrowed=borrowed)
     if not policy.preemption:
         return queued
-    yielding = [w.workload_id for w in snap.running if w.yielding]
+    # Yielding work reserved for another preemptor is spoken for: nobody else counts on it.
+    yielding = [w.workload_id for w in snap.running if w.yielding and w.reserved_for is None]
     base = snap.without(yielding)
     if yielding and _try(req, base, policy)[0] is None:
         return Admission(
@@ -248,29 +229,25 @@ def admit(request: Request, snapshot: Snapshot, policy: AdmissionPolicy = RAYORC
             Reason.WAITING_FOR_YIELD,
             f"waiting for {', '.join(sorted(yielding))} to release",
         )
-    cands = _candidates(req, snap)
-    chosen: list[str] = []
-    result = None
-    for w in cands:
-        chosen.append(w.workload_id)
-        r = _try(req, base.without(chosen), policy)
-        if r[0] is None:
-            result = r
-            break
-    if result is None:
+    cands = candidates(req, base, policy.max_preemptions_per_hour, policy.defragment)
+
+    def quota_ok(s: Snapshot) -> tuple[Reason | None, bool]:
+        if not policy.quotas:
+            return None, False
+        why, borrowed, _ = _quota_check(req, s, snap.spec.namespaces[req.namespace])
+        return why, borrowed
+
+    nom = nominate(req, base, cands, quota_ok, policy.packing, policy.reshape)
+    if nom is None:
         return queued
-    # drop victims that turned out unnecessary (latest added is needed by construction)
-    for vid in list(reversed(chosen[:-1])):
-        trial = [v for v in chosen if v != vid]
-        r = _try(req, base.without(trial), policy)
-        if r[0] is None:
-            chosen, result = trial, r
+    moves = f" ({', '.join(nom.defrag_moves)} move to other nodes)" if nom.defrag_moves else ""
     return Admission(
         wid,
         AdmissionOutcome.PREEMPT,
-        Reason.PREEMPTING,
-        f"{', '.join(chosen)} must yield",
-        placement=result[1],
-        victims=tuple(chosen),
-        borrowed=result[2],
+        Reason.DEFRAGMENTING if nom.defrag_moves else Reason.PREEMPTING,
+        f"{', '.join(nom.victims)} must yield{moves}; nominated "
+        + ", ".join(f"{k}:{v}" for k, v in nom.placement.gpus_by_node().items()),
+        placement=nom.placement,
+        victims=nom.victims,
+        borrowed=nom.borrowed,
     )

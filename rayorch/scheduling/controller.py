@@ -30,9 +30,10 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from rayorch.errors import NotFoundError
+from rayorch.errors import ConfigError, NotFoundError
 from rayorch.scheduling.admission import POLICIES, Admission, AdmissionOutcome
-from rayorch.scheduling.cycle import queue_order, schedule
+from rayorch.scheduling.cycle import Reservation, queue_order, schedule
+from rayorch.scheduling.durable import Durable
 from rayorch.scheduling.fragmentation import fragmentation_report
 from rayorch.scheduling.model import (
     NodeState,
@@ -45,6 +46,10 @@ from rayorch.scheduling.quota import ClusterSpec
 
 SCHEDULER_NAME = "rayorch-scheduler"
 SCHEDULER_NAMESPACE = "rayorch"
+#: Seconds a holder's admissions survive without a heartbeat (a SIGKILLed driver's reclaim).
+DEFAULT_LEASE_S = 30.0
+#: Ray restarts the actor this many times; it rebuilds its state from the ledger database.
+MAX_RESTARTS = 5
 
 
 class SchedulerController:
@@ -56,6 +61,8 @@ class SchedulerController:
         policy: str = "rayorch",
         nodes: tuple[NodeState, ...] | None = None,
         create_placement_groups: bool = True,
+        db_url: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self._spec = spec
         self._policy = POLICIES[policy]
@@ -63,40 +70,64 @@ class SchedulerController:
         self._create_pgs = create_placement_groups
         self._pending: dict[str, Request] = {}
         self._running: dict[str, RunningWorkload] = {}
-        self._yield_at: dict[str, float] = {}  # victim -> when it was asked to yield
+        self._yield_at: dict[str, float] = {}  # victim -> when it was asked to yield (epoch)
         self._pgs: dict[str, Any] = {}
         self._last: dict[str, Admission] = {}
         self._requests: dict[str, Request] = {}  # admitted work's request, for requeueing
+        self._reservations: dict[str, Reservation] = {}  # preemptor -> nominated placement
+        self._history: dict[str, tuple[float, ...]] = {}  # unit -> times asked to yield
+        self._leases: dict[str, float] = {}  # holder -> lease_until (epoch)
+        self._lease_s = lease_s
         self._cycles = 0
         self._events: deque[dict[str, Any]] = deque(maxlen=2000)
         self._nodes_cache: tuple[float, tuple[NodeState, ...]] | None = None
+        self._durable = Durable(self, db_url) if db_url else None
+        if self._durable is not None:
+            self._durable.restore()
 
     # --- driver API -------------------------------------------------------------------------
     def submit(self, request: Request) -> Admission:
         """Queue ``request`` (idempotent by workload id) and run a cycle; return its decision."""
+        self._enqueue(request)
+        self._cycle()
+        return self._last[request.workload_id]
+
+    def _enqueue(self, request: Request) -> None:
         wid = request.workload_id
+        if request.holder:
+            self._renew(request.holder)
         if wid not in self._running:
             if not request.submitted_at:
                 request = replace(request, submitted_at=time.time())
-            self._pending.setdefault(wid, request)
-        self._cycle()
-        return self._last[wid]
+            if wid not in self._pending:
+                self._pending[wid] = request
+                self._dirty(wid)
+
+    def heartbeat(self, holder: str) -> float:
+        """Renew ``holder``'s lease on everything it holds or waits for; returns lease_until."""
+        return self._renew(holder)
+
+    def _renew(self, holder: str) -> float:
+        until = time.time() + self._lease_s
+        prev = self._leases.get(holder)
+        self._leases[holder] = until
+        if self._durable is not None and (prev is None or until - prev > self._lease_s / 4):
+            self._durable.renew(holder, until)
+        return until
 
     def submit_many(self, requests: list[Request]) -> list[tuple[Admission, Any]]:
         """``submit`` for a batch in one cycle (a driver's units waiting for admission):
         each request's decision and, once admitted with ``reserve``, its placement group."""
         for request in requests:
-            wid = request.workload_id
-            if wid not in self._running:
-                if not request.submitted_at:
-                    request = replace(request, submitted_at=time.time())
-                self._pending.setdefault(wid, request)
+            self._enqueue(request)
         self._cycle()
         return [(self._last[r.workload_id], self._pgs.get(r.workload_id)) for r in requests]
 
-    def yields_requested(self, workload_ids: list[str]) -> list[str]:
+    def yields_requested(self, workload_ids: list[str], holder: str = "") -> list[str]:
         """Which of these running units were asked to checkpoint and stop (one call per
-        driver loop, not one per unit)."""
+        driver loop, not one per unit). Renews ``holder``'s lease."""
+        if holder:
+            self._renew(holder)
         return [w for w in workload_ids if w in self._yield_at]
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
@@ -134,6 +165,19 @@ class SchedulerController:
         """Give back a unit's capacity (done, failed, or yielded). ``requeue``: it goes back to
         the queue with its original submission time and resumes later from its checkpoint.
         Runs a cycle, so whoever waited for this capacity is admitted now."""
+        w = self._drop_running(workload_id)
+        if w is not None and requeue:
+            req = self._requests[workload_id]
+            self._pending[workload_id] = req
+        elif w is None:
+            self._pending.pop(workload_id, None)  # cancel a queued request
+            self._reservations.pop(workload_id, None)
+        self._dirty(workload_id)
+        self._log("requeued" if w is not None and requeue else "released", workload_id)
+        self._cycle()
+        return self._last.get(workload_id) if requeue else None
+
+    def _drop_running(self, workload_id: str) -> RunningWorkload | None:
         w = self._running.pop(workload_id, None)
         pg = self._pgs.pop(workload_id, None)
         if pg is not None:
@@ -141,14 +185,38 @@ class SchedulerController:
 
             ray.util.remove_placement_group(pg)
         self._yield_at.pop(workload_id, None)
-        if w is not None and requeue:
-            req = self._requests[workload_id]
-            self._pending[workload_id] = req
-        elif w is None:
-            self._pending.pop(workload_id, None)  # cancel a queued request
-        self._log("requeued" if w is not None and requeue else "released", workload_id)
+        return w
+
+    def _dirty(self, workload_id: str) -> None:
+        if self._durable is not None:
+            self._durable.dirty.add(workload_id)
+
+    def config_fingerprint(self) -> str:
+        from rayorch.scheduling.durable import fingerprint
+
+        return fingerprint(self._spec)
+
+    def reconfigure(self, spec: ClusterSpec) -> str:
+        """Take a changed cluster config. Refused (ConfigError) when it drops a namespace that
+        still has queued or running work; returns the new fingerprint."""
+        held = {r.namespace for r in self._pending.values()} | {
+            w.namespace for w in self._running.values()
+        }
+        gone = sorted(ns for ns in held if spec.quota(ns) is None)
+        if gone:
+            raise ConfigError(
+                f"the changed cluster config drops namespace(s) {', '.join(gone)} that still "
+                "have queued or running work; keep them under `namespaces:` until it ends",
+                field="namespaces",
+                value=gone,
+            )
+        old = self.config_fingerprint()
+        self._spec = spec
+        if self._durable is not None:
+            self._durable.save_config()
+        self._log("reconfigured", "-", old=old, new=self.config_fingerprint())
         self._cycle()
-        return self._last.get(workload_id) if requeue else None
+        return self.config_fingerprint()
 
     def cycle(self) -> int:
         """Run one scheduling cycle now; returns the cycle count."""
@@ -187,6 +255,15 @@ class SchedulerController:
             }
             for r in queued
         ]
+        report["reservations"] = [
+            {
+                **r.to_dict(),
+                "gpus_by_node": r.placement.gpus_by_node(),
+                "draining": [v for v in r.victims if v in self._running],
+            }
+            for r in self._reservations.values()
+        ]
+        report["leases"] = {h: round(u - time.time(), 1) for h, u in self._leases.items()}
         report["namespaces"] = {
             ns: {
                 "gpus_used": snap.usage(ns)[0],
@@ -225,7 +302,12 @@ class SchedulerController:
             for n in self._nodes()
         )
         running = tuple(
-            replace(w, yielding=w.workload_id in self._yield_at) for w in self._running.values()
+            replace(
+                w,
+                yielding=w.workload_id in self._yield_at,
+                preempted_at=self._history.get(w.workload_id, ()),
+            )
+            for w in self._running.values()
         )
         return Snapshot(self._spec, nodes, running, time.time())
 
@@ -242,12 +324,37 @@ class SchedulerController:
             }
         )
 
+    def _expire_leases(self) -> None:
+        """A holder that stopped heartbeating (SIGKILLed driver) loses what it held."""
+        now = time.time()
+        for holder, until in list(self._leases.items()):
+            if until >= now:
+                continue
+            del self._leases[holder]
+            for wid in [w for w, r in self._requests.items() if r.holder == holder]:
+                if wid in self._running:
+                    self._drop_running(wid)
+                    self._dirty(wid)
+                    self._log("expired", wid, holder=holder)
+            for wid in [w for w, r in self._pending.items() if r.holder == holder]:
+                del self._pending[wid]
+                self._reservations.pop(wid, None)
+                self._dirty(wid)
+                self._log("expired", wid, holder=holder)
+
     def _cycle(self) -> None:
         self._cycles += 1
+        self._expire_leases()
         self._force_overdue_yields()
-        result = schedule(list(self._pending.values()), self._snapshot(), self._policy)
+        result = schedule(
+            list(self._pending.values()), self._snapshot(), self._policy, self._reservations
+        )
+        self._reservations = dict(result.reservations)
         for d in result.decisions:
+            prev = self._last.get(d.workload_id)
             self._last[d.workload_id] = d
+            if prev is None or (prev.outcome, prev.reason) != (d.outcome, d.reason):
+                self._dirty(d.workload_id)
             if d.outcome is AdmissionOutcome.ADMITTED:
                 req = self._pending.pop(d.workload_id)
                 assert d.placement is not None
@@ -258,6 +365,8 @@ class SchedulerController:
                     req.priority,
                     d.placement,
                     started_at=time.time(),
+                    deadline_at=req.deadline_at,
+                    expected_duration_s=req.expected_duration_s,
                 )
                 if self._create_pgs and req.reserve:
                     self._pgs[d.workload_id] = self._create_pg(d.workload_id, d.placement)
@@ -265,19 +374,23 @@ class SchedulerController:
             elif d.outcome is AdmissionOutcome.PREEMPT:
                 for v in d.victims:
                     if v not in self._yield_at:
-                        self._yield_at[v] = time.monotonic()
+                        self._yield_at[v] = time.time()
+                        self._history[v] = (*self._history.get(v, ()), time.time())
+                        self._dirty(v)
                         self._log("preempt", v, for_workload=d.workload_id)
             elif (
                 d.outcome is AdmissionOutcome.REJECTED
                 and self._pending.pop(d.workload_id, None) is not None
             ):
                 self._log("rejected", d.workload_id, reason=d.reason.name)
+        if self._durable is not None:
+            self._durable.flush()
 
     def _force_overdue_yields(self) -> None:
         """A victim that did not release within ``yield_grace_s`` loses its placement group
         (Ray kills what runs in it) and goes back to the queue; it resumes from its last
         checkpoint, which is older than a cooperative yield's."""
-        now = time.monotonic()
+        now = time.time()
         for wid, at in list(self._yield_at.items()):
             # Work without a placement group here (Ray Train's own) cannot be stopped from
             # here: its driver enforces train.yield_timeout_s and releases it.
@@ -294,37 +407,54 @@ class SchedulerController:
                     ray.util.remove_placement_group(pg)
                 self._yield_at.pop(wid)
                 self._pending[wid] = self._requests[wid]
+                self._dirty(wid)
                 self._log("forced", wid)
 
     def _create_pg(self, workload_id: str, plan: PlacementPlan) -> Any:
         from ray.util import placement_group
 
+        # detached: the group outlives a restart of this actor, which finds it again by name
         return placement_group(
             plan.ray_bundles(),
             strategy=plan.strategy.value,
             name=f"rayorch:{workload_id}",
+            lifetime="detached",
             bundle_label_selector=plan.label_selectors(),
         )
 
 
 def get_scheduler(
-    spec: ClusterSpec | None = None, policy: str = "rayorch", create_placement_groups: bool = True
+    spec: ClusterSpec | None = None,
+    policy: str = "rayorch",
+    create_placement_groups: bool = True,
+    db_url: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> Any:
     """The named scheduler actor, created on first use (``get_if_exists``).
 
-    ``spec`` is needed only by whoever creates it; later callers get the running actor as is.
+    ``db_url``: the ledger database its admissions, queue and leases live in (None: memory
+    only). Ray restarts it (``max_restarts``) and it rebuilds from there. A caller whose
+    ``spec`` differs from the running actor's has it picked up (``reconfigure``), or gets a
+    ConfigError saying why it cannot be.
     """
     import ray
 
     if spec is None:
         return ray.get_actor(SCHEDULER_NAME, namespace=SCHEDULER_NAMESPACE)
-    actor_cls = ray.remote(num_cpus=0, max_restarts=0)(SchedulerController)
-    return actor_cls.options(
+    from rayorch.scheduling.durable import fingerprint
+
+    actor_cls = ray.remote(num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=3)(
+        SchedulerController
+    )
+    actor = actor_cls.options(
         name=SCHEDULER_NAME,
         namespace=SCHEDULER_NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
-    ).remote(spec, policy, None, create_placement_groups)
+    ).remote(spec, policy, None, create_placement_groups, db_url, lease_s)
+    if ray.get(actor.config_fingerprint.remote()) != fingerprint(spec):
+        ray.get(actor.reconfigure.remote(spec))
+    return actor
 
 
 def admit_and_wait(

@@ -40,17 +40,52 @@ class Request:
     # False: the scheduler accounts the capacity but creates no placement group, because the
     # work makes its own from the plan (Ray Train); reserving twice would deadlock.
     reserve: bool = True
+    # Deadline-aware admission: epoch seconds the work must finish by, and its expected run
+    # time (configured or measured). Slack = deadline - now - expected duration.
+    deadline_at: float | None = None
+    expected_duration_s: float | None = None
+    # Who renews this request's lease (a driver id); "" = not leased (in-process use).
+    holder: str = ""
+
+    def slack(self, now: float) -> float:
+        """Seconds to spare before the deadline is missed; +inf without a deadline."""
+        if self.deadline_at is None:
+            return float("inf")
+        return self.deadline_at - now - (self.expected_duration_s or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "workload_id": self.workload_id,
             "namespace": self.namespace,
             "shape": str(self.shape),
+            "cpus_per_bundle": self.shape.cpus_per_bundle,
             "priority": self.priority.value,
             "allow_reshape": self.allow_reshape,
+            "spread": self.spread,
             "submitted_at": self.submitted_at,
             "reserve": self.reserve,
+            "deadline_at": self.deadline_at,
+            "expected_duration_s": self.expected_duration_s,
+            "holder": self.holder,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Request:
+        from rayorch.scheduling.shapes import parse_job_shape
+
+        return cls(
+            d["workload_id"],
+            d["namespace"],
+            parse_job_shape(d["shape"], d.get("cpus_per_bundle", 1.0)),
+            PriorityClass(d["priority"]),
+            allow_reshape=d.get("allow_reshape", False),
+            spread=d.get("spread", False),
+            submitted_at=d.get("submitted_at", 0.0),
+            reserve=d.get("reserve", True),
+            deadline_at=d.get("deadline_at"),
+            expected_duration_s=d.get("expected_duration_s"),
+            holder=d.get("holder", ""),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +152,28 @@ class PlacementPlan:
             "reshaped_from": str(self.reshaped_from) if self.reshaped_from else None,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlacementPlan:
+        from rayorch.scheduling.shapes import parse_job_shape
+
+        bundles = tuple(BundlePlacement(b["node_id"], b["gpus"], b["cpus"]) for b in d["bundles"])
+        cpus = bundles[0].cpus if bundles else 1.0
+        return cls(
+            parse_job_shape(d["shape"], cpus),
+            Strategy(d["strategy"]),
+            bundles,
+            parse_job_shape(d["reshaped_from"], cpus) if d.get("reshaped_from") else None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RunningWorkload:
-    """Admitted work holding capacity. ``yielding``: asked to yield, not yet released."""
+    """Admitted work holding capacity. ``yielding``: asked to yield, not yet released.
+
+    ``reserved_for``: the preemptor whose nominated placement this yielding work is being
+    drained for; its capacity is spoken for and nobody else counts on it being freed.
+    ``preempted_at``: when this unit was asked to yield before (bounds preemptions per hour).
+    """
 
     workload_id: str
     namespace: str
@@ -128,6 +181,19 @@ class RunningWorkload:
     placement: PlacementPlan
     started_at: float = 0.0
     yielding: bool = False
+    reserved_for: str | None = None
+    preempted_at: tuple[float, ...] = ()
+    deadline_at: float | None = None
+    expected_duration_s: float | None = None
+
+    def slack(self, now: float) -> float:
+        """Seconds to spare if it were stopped now and restarted; +inf without a deadline."""
+        if self.deadline_at is None:
+            return float("inf")
+        return self.deadline_at - now - (self.expected_duration_s or 0.0)
+
+    def preemptions_since(self, since: float) -> int:
+        return sum(1 for t in self.preempted_at if t > since)
 
     @property
     def gpus(self) -> int:

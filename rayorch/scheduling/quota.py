@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayorch.errors import ConfigError
+from rayorch.kube.config import KubernetesSpec
 from rayorch.scheduling.shapes import NodeShape, parse_node_shape
 from rayorch.spec import read_yaml, validate_config
 
@@ -90,6 +91,10 @@ class ClusterSpec(_Frozen):
     nodes: list[NodePool] = Field(
         default_factory=list,
         description="Node inventory for the simulator and plan-time checks without a live Ray.",
+    )
+    kubernetes: KubernetesSpec = Field(
+        default_factory=KubernetesSpec,
+        description="Image, secrets, accelerators and topology for `rayorch kube render`.",
     )
 
     @field_validator("schema_version")

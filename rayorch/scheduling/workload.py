@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayorch.errors import ConfigError
-from rayorch.scheduling.quota import PriorityClass
+from rayorch.scheduling.quota import NodePool, PriorityClass
 from rayorch.scheduling.shapes import JobShape, parse_job_shape
 from rayorch.spec import read_yaml, validate_config
 
@@ -83,6 +83,9 @@ class WorkloadSpec(_Frozen):
     resume_overhead_s: float = Field(
         30.0, ge=0, description="Seconds a resumed unit spends restoring its checkpoint."
     )
+    nodes: list[NodePool] | None = Field(
+        None, description="Node inventory for this workload (default: the cluster config's)."
+    )
     production: list[DailyJob] = Field(default_factory=list, description="Daily jobs.")
     backfills: list[BackfillJob] = Field(default_factory=list, description="Backfills.")
 
@@ -135,6 +138,13 @@ def expand(spec: WorkloadSpec) -> list[SimJob]:
                     )
                 )
     return sorted(jobs, key=lambda j: (j.submit_at, j.job_id))
+
+
+def node_shapes(spec: WorkloadSpec, cluster: Any) -> list[Any]:
+    """The workload's own inventory when it declares one, else the cluster config's."""
+    if spec.nodes:
+        return cluster.model_copy(update={"nodes": spec.nodes}).node_shapes()
+    return cluster.node_shapes()
 
 
 def parse_workload(data: Any, *, source: str = "<workload>") -> WorkloadSpec:
