@@ -8,6 +8,7 @@ import os
 import typer
 
 from rayorch.cli import backfill, cluster, data, demo, env, registry, reproduce, sensors, simulate
+from rayorch.cli import kube as kube_cmd
 from rayorch.cli import ui as ui_cmd
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("simulate")(simulate.simulate)
 app.add_typer(env.app, name="env")
 app.command("reproduce")(reproduce.reproduce)
 app.command("ui")(ui_cmd.ui)
+app.add_typer(kube_cmd.app, name="kube")
 
 
 def main() -> None:
