@@ -63,7 +63,9 @@ class SchedulerController:
         create_placement_groups: bool = True,
         db_url: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
+        clock: Any = None,
     ) -> None:
+        self._clock = clock or time.time  # epoch seconds; tests pass a manual clock
         self._spec = spec
         self._policy = POLICIES[policy]
         self._static_nodes = nodes  # None: read node shapes from Ray
@@ -98,7 +100,7 @@ class SchedulerController:
             self._renew(request.holder)
         if wid not in self._running:
             if not request.submitted_at:
-                request = replace(request, submitted_at=time.time())
+                request = replace(request, submitted_at=self._clock())
             if wid not in self._pending:
                 self._pending[wid] = request
                 self._dirty(wid)
@@ -108,7 +110,7 @@ class SchedulerController:
         return self._renew(holder)
 
     def _renew(self, holder: str) -> float:
-        until = time.time() + self._lease_s
+        until = self._clock() + self._lease_s
         prev = self._leases.get(holder)
         self._leases[holder] = until
         if self._durable is not None and (prev is None or until - prev > self._lease_s / 4):
@@ -263,7 +265,7 @@ class SchedulerController:
             }
             for r in self._reservations.values()
         ]
-        report["leases"] = {h: round(u - time.time(), 1) for h, u in self._leases.items()}
+        report["leases"] = {h: round(u - self._clock(), 1) for h, u in self._leases.items()}
         report["namespaces"] = {
             ns: {
                 "gpus_used": snap.usage(ns)[0],
@@ -309,7 +311,7 @@ class SchedulerController:
             )
             for w in self._running.values()
         )
-        return Snapshot(self._spec, nodes, running, time.time())
+        return Snapshot(self._spec, nodes, running, self._clock())
 
     def _log(self, event: str, workload_id: str, **detail: Any) -> None:
         seq = self._events[-1]["seq"] + 1 if self._events else 0
@@ -317,7 +319,7 @@ class SchedulerController:
             {
                 "seq": seq,
                 "cycle": self._cycles,
-                "at": time.time(),
+                "at": self._clock(),
                 "event": event,
                 "workload_id": workload_id,
                 **detail,
@@ -326,7 +328,7 @@ class SchedulerController:
 
     def _expire_leases(self) -> None:
         """A holder that stopped heartbeating (SIGKILLed driver) loses what it held."""
-        now = time.time()
+        now = self._clock()
         for holder, until in list(self._leases.items()):
             if until >= now:
                 continue
@@ -364,7 +366,7 @@ class SchedulerController:
                     req.namespace,
                     req.priority,
                     d.placement,
-                    started_at=time.time(),
+                    started_at=self._clock(),
                     deadline_at=req.deadline_at,
                     expected_duration_s=req.expected_duration_s,
                 )
@@ -374,8 +376,8 @@ class SchedulerController:
             elif d.outcome is AdmissionOutcome.PREEMPT:
                 for v in d.victims:
                     if v not in self._yield_at:
-                        self._yield_at[v] = time.time()
-                        self._history[v] = (*self._history.get(v, ()), time.time())
+                        self._yield_at[v] = self._clock()
+                        self._history[v] = (*self._history.get(v, ()), self._clock())
                         self._dirty(v)
                         self._log("preempt", v, for_workload=d.workload_id)
             elif (
@@ -390,7 +392,7 @@ class SchedulerController:
         """A victim that did not release within ``yield_grace_s`` loses its placement group
         (Ray kills what runs in it) and goes back to the queue; it resumes from its last
         checkpoint, which is older than a cooperative yield's."""
-        now = time.time()
+        now = self._clock()
         for wid, at in list(self._yield_at.items()):
             # Work without a placement group here (Ray Train's own) cannot be stopped from
             # here: its driver enforces train.yield_timeout_s and releases it.

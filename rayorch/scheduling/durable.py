@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 from rayorch.ledger.admissions import AdmissionRow, AdmissionStore
@@ -56,7 +55,7 @@ class Durable:
 
     # --- writes --------------------------------------------------------------------------
     def save_config(self) -> None:
-        now = time.time()
+        now = self.ctrl._clock()
         self.store.set_state(_SPEC_KEY, self.ctrl._spec.model_dump_json(), now)
 
     def renew(self, holder: str, until: float) -> None:
@@ -94,13 +93,13 @@ class Durable:
                 dels.append(wid)
             else:
                 ups.append(row)
-        self.store.write(ups, dels, time.time())
+        self.store.write(ups, dels, self.ctrl._clock())
 
     # --- restore -------------------------------------------------------------------------
     def restore(self) -> None:
         """Rebuild the controller from the database (no-op on an empty one)."""
         c = self.ctrl
-        now = time.time()
+        now = self.ctrl._clock()
         cluster = _ray_cluster_id() if c._static_nodes is None else "static"
         stored_cluster = self.store.get_state(_CLUSTER_KEY)
         if stored_cluster != cluster:
