@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's rayorch
 
-from rayorch.cli.app import app
+from rayorch.cli.app import main
 
 if __name__ == "__main__":
-    app(["backfill", *sys.argv[1:]])
+    main(["backfill", *sys.argv[1:]])

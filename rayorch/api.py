@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,15 @@ def generate_data(
     return generate_raw(spec, st.resolve(spec.source.path), start, end, keys, faults)
 
 
+def current_versions(spec: PipelineSpec, settings: Settings) -> dict[str, dict[str, str]]:
+    """What a commit of each step would record now (config, code, environment)."""
+    from rayorch.backfill.versions import env_fingerprint, step_versions
+    from rayorch.env.fingerprint import env_context
+
+    ctx = env_context(spec, None, guard=False)
+    return step_versions(spec, env_fingerprint(ctx.image, ctx.lockfile_sha256))
+
+
 def plan_with_status(
     config: str | Path | PipelineSpec,
     start: str | dt.date,
@@ -60,13 +68,18 @@ def plan_with_status(
     """The plan plus what the ledger says about each unit (the dry run)."""
     spec = _spec(config)
     enforce_image_policy(spec, file=None if isinstance(config, PipelineSpec) else str(config))
+    from rayorch.backfill.versions import stale_units
+
+    st = settings or load_settings()
     plan = plan_backfill(spec, start, end, keys, steps)
-    ledger = open_ledger(settings)
+    ledger = open_ledger(st)
     try:
         known = ledger.get_units(u.run_key for u in plan.units)
+        now = ledger.now()
     finally:
         ledger.close()
-    return plan, annotate(plan, known, time.time(), reprocess)
+    stale = stale_units(plan, known, current_versions(spec, st))
+    return plan, annotate(plan, known, now, Reprocess(reprocess), stale=stale)
 
 
 def run_backfill(
@@ -78,7 +91,7 @@ def run_backfill(
     *,
     max_concurrency: int | None = None,
     reprocess: Reprocess | str = Reprocess.MISSING,
-    on_conflict: OnConflict | str = OnConflict.SKIP,
+    on_conflict: OnConflict | str = OnConflict.WAIT,
     resume_id: str | None = None,
     settings: Settings | None = None,
     progress: ProgressFn | None = None,
@@ -137,6 +150,14 @@ def run_backfill(
             from rayorch.backfill.scheduled import SchedulerGate
 
             gate = SchedulerGate(*gate_args)
+        from rayorch.backfill.versions import stale_units
+        from rayorch.ledger.owners import current_owner
+
+        versions = current_versions(spec, st)
+        rerun: frozenset[str] = frozenset()
+        if opts.reprocess is Reprocess.STALE:
+            rows = led.get_units(u.run_key for u in plan.units)
+            rerun = frozenset(stale_units(plan, rows, versions))
         driver = BackfillDriver(
             plan,
             led,
@@ -145,6 +166,9 @@ def run_backfill(
             progress,
             cluster_cpus=cpus,
             gate=gate,
+            owner=current_owner(_ray_job_id(st)),
+            versions=versions,
+            rerun=rerun,
         )
         if preempt is not None:
             driver.preempt_requested = preempt
@@ -154,8 +178,22 @@ def run_backfill(
             led.close()
 
 
+def _ray_job_id(settings: Settings) -> str | None:
+    """This driver's Ray job id when attached to a cluster (``ray job submit``), so another
+    driver can ask Ray whether it still runs."""
+    if not settings.ray_address:
+        return None
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_job_id()
+    except Exception:
+        return None
+
+
 __all__ = [
     "Step",
+    "current_versions",
     "generate_data",
     "open_ledger",
     "plan_backfill",

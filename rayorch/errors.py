@@ -81,6 +81,11 @@ class IllegalTransitionError(ConflictError):
     """A state machine was asked for a transition it does not allow."""
 
 
+class OwnershipLostError(ConflictError):
+    """This driver no longer owns its backfill: another driver took it over (higher owner
+    epoch), or its lease ran out while heartbeats failed. It stops writing at once."""
+
+
 # --- infrastructure and user code ---------------------------------------------------------
 class InfrastructureError(RayorchError):
     """Ray, the ledger database, MLflow or storage failed."""

@@ -18,6 +18,7 @@ class Settings:
     db_url: str
     mlflow_uri: str
     ray_address: str | None
+    log_level: str = "WARNING"  # RAYORCH_LOG_LEVEL; logs go to stderr
 
     def resolve(self, path: str) -> str:
         """Resolve a config path: URIs and absolute paths as is, relative under home."""
@@ -35,4 +36,5 @@ def load_settings(home: str | Path | None = None) -> Settings:
         db_url=db_url,
         mlflow_uri=mlflow_uri,
         ray_address=os.environ.get("RAY_ADDRESS") or None,
+        log_level=os.environ.get("RAYORCH_LOG_LEVEL", "WARNING").upper(),
     )

@@ -126,6 +126,11 @@ class FreshnessSpec(_Frozen):
 
 class FeaturesSpec(_Frozen):
     entrypoint: Entrypoint = Field(description="module:function(ctx, table) -> table.")
+    code_version: str | None = Field(
+        None,
+        description="Version of the feature code; committed partitions built by another "
+        "version are stale. Default: a hash of the entrypoint module's source.",
+    )
     output: str = Field(description="Feature partitions root (relative: RAYORCH_HOME).")
     unique_key: list[str] = Field(description="Columns unique within a committed partition.")
     params: dict[str, Any] = Field(
@@ -183,6 +188,11 @@ class StragglerSpec(_Frozen):
 
 class TrainSpec(_Frozen):
     entrypoint: Entrypoint = Field(description="module:function(config) Ray Train per-worker loop.")
+    code_version: str | None = Field(
+        None,
+        description="Version of the training code; trained units built by another version "
+        "are stale. Default: a hash of the entrypoint module's source.",
+    )
     window_days: int = Field(3, ge=1, description="Days of features per as-of date.")
     label: str = Field("label", description="Label column.")
     feature_columns: list[str] = Field(description="Input columns for the model.")

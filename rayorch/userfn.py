@@ -41,5 +41,7 @@ def user_code_boundary(entrypoint: str, **context: Any) -> Iterator[None]:
             f"user function {entrypoint} raised {type(e).__name__}: {e}",
             entrypoint=entrypoint,
             cause=repr(e),
+            cause_type=type(e).__name__,
+            cause_message=str(e),
             **context,
         ) from e

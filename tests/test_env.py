@@ -288,8 +288,8 @@ def test_store_reference_first_wins(tmp_path):
     led = Ledger(url)
     bf, _ = led.start_backfill("p", {"x": 1}, "fp", [UnitSpec("p/a", "p", "features", "k=a")])
     bf2, _ = led.start_backfill("p", {"x": 2}, "fp", [UnitSpec("p/b", "p", "features", "k=b")])
-    ta = led.claim_many(bf.id, ["p/a"])[0].token
-    tb = led.claim_many(bf2.id, ["p/b"])[0].token
+    ta = led.claim_many(bf.ownership, ["p/a"])[0].token
+    tb = led.claim_many(bf2.ownership, ["p/b"])[0].token
     st = EnvStore(url)
     EnvStore(url)  # idempotent creation
     d1, bid, _ = st.guard("p/a", ta, "task", _fp())

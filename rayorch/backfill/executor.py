@@ -7,29 +7,60 @@ no-op executor exists for the dispatch benchmark.
 
 from __future__ import annotations
 
+import enum
+import os
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rayorch.backfill.plan import Step, Unit
 from rayorch.backfill.work import run_feature_unit
 from rayorch.data import outputs
 from rayorch.data.layout import PartitionManifest, read_committed_manifest
+from rayorch.results import Noop
 from rayorch.settings import Settings
 from rayorch.spec import PipelineSpec
 
+_COMMIT_BATCH = 64
+_LINGER_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What resuming found for a committed unit."""
+
+    class Outcome(str, enum.Enum):
+        NOTHING = "nothing to do"
+        ROLLED_FORWARD = "publish rolled forward"
+        MISSING = "committed output missing: re-run"
+
+    outcome: Outcome
+    why: str = ""
+    extra: dict[str, Any] | None = None
+
 
 class UnitExecutor(Protocol):
-    def submit(self, unit: Unit, token: int, generation: int) -> Any:
-        """Start the unit's work; return a Ray ObjectRef resolving to a result dict.
+    """The driver's runner: starts work, waits for it, publishes it. Injected, so the driver
+    is tested in-process with a runner that needs no Ray."""
 
-        Under a scheduler the driver also passes ``placement=`` (a
-        :class:`rayorch.backfill.scheduled.Placement`): where the admitted unit must run."""
+    def submit(self, unit: Unit, token: int, generation: int, placement: Any = None) -> Any:
+        """Start the unit's work; return a handle (a Ray ObjectRef) for ``wait``.
+        ``placement`` (a :class:`rayorch.backfill.scheduled.Placement`): where it must run."""
 
-    def publish(self, unit: Unit, result: dict[str, Any]) -> None:
-        """After the ledger accepted the commit: make the output live."""
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
+        """Finished handles with their result (a WorkResult) or the exception they raised."""
 
-    def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
-        """Roll a committed-but-unpublished output forward. True when it acted."""
+    def cancel(self, handle: Any) -> None:
+        """Stop a running attempt (its claim is released or taken over separately)."""
+
+    def publish(self, unit: Unit, token: int, result: Any) -> dict[str, Any] | None:
+        """After the ledger accepted the commit: make the output live (partition replaced,
+        model version registered). Returns what to add to the committed output."""
+
+    def reconcile(
+        self, unit: Unit, token: int, committed_output: dict[str, Any] | None
+    ) -> Reconciled:
+        """On resume: roll a committed-but-unpublished output forward, or report it gone."""
 
     def request_yield(self, unit: Unit, token: int, why: str) -> bool:
         """Ask a running unit to checkpoint and stop at its next step. False: cannot yield
@@ -39,10 +70,43 @@ class UnitExecutor(Protocol):
         """Where ``rayorch status`` finds the unit's live progress (None: none)."""
 
 
-def _train_task(req: Any, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_target(unit: Unit) -> Any:
+    """The training layer's view of a planned unit (it never sees the planner's types)."""
+    from rayorch.train.runner import TrainTarget
+
+    return TrainTarget(unit.run_key, unit.day, tuple(unit.inputs))
+
+
+def _train_task(req: Any, placement: dict[str, Any] | None = None) -> Any:
     from rayorch.train.runner import run_train_unit
 
     return run_train_unit(req, placement=placement)
+
+
+def _publish_train_task(req: Any, result: Any) -> dict[str, Any]:
+    from rayorch.train.runner import publish_trained
+
+    return publish_trained(req, result)
+
+
+def _ray_wait(handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
+    """Finished refs with results; lingers briefly so results commit in batches."""
+    import ray
+
+    if not handles:
+        return []
+    done, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+    if done and len(handles) > 1:
+        rest = [r for r in handles if r != done[0]]
+        more, _ = ray.wait(rest, num_returns=min(len(rest), _COMMIT_BATCH), timeout=_LINGER_S)
+        done = done + more
+    out: list[tuple[Any, Any]] = []
+    for ref in done:
+        try:
+            out.append((ref, ray.get(ref)))
+        except Exception as exc:
+            out.append((ref, exc))
+    return out
 
 
 class RayExecutor:
@@ -62,6 +126,7 @@ class RayExecutor:
         self._spec_ref = ray.put(spec)
         self._feature = ray.remote(max_retries=0)(run_feature_unit)
         self._train = ray.remote(num_cpus=0, max_retries=0)(_train_task)
+        self._publish_train = ray.remote(num_cpus=0, max_retries=0)(_publish_train_task)
         self._generation: dict[str, int] = {}
 
     def submit(self, unit: Unit, token: int, generation: int, placement: Any = None) -> Any:
@@ -85,30 +150,77 @@ class RayExecutor:
                 time.time(),
                 self.env.context,
             )
-        from rayorch.train.runner import TrainRequest
-
         self._generation[unit.run_key] = generation
-
-        req = TrainRequest(self.spec, self.settings, unit, token, generation, env=self.env.context)
+        req = self._train_request(unit, token, generation)
         # Ray Train workers started by this task inherit its runtime_env. Under a scheduler,
         # Ray Train's own placement group follows the plan (strategy, workers pinned to nodes).
         kwargs = placement.scaling_kwargs() if placement is not None else None
         return self._train.options(**self.env.task_options()).remote(req, kwargs)
 
-    def publish(self, unit: Unit, result: dict[str, Any]) -> None:
-        if unit.step is Step.FEATURES:
-            manifest = PartitionManifest.from_dict(result["manifest"])
-            outputs.publish(self.output_root, unit.partition, manifest)
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
+        return _ray_wait(handles, timeout)
 
-    def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
-        if unit.step is not Step.FEATURES or not committed_output:
-            return False
+    def cancel(self, handle: Any) -> None:
+        self.ray.cancel(handle, force=True)
+
+    def _train_request(self, unit: Unit, token: int, generation: int) -> Any:
+        from rayorch.train.runner import TrainRequest
+
+        return TrainRequest(
+            self.spec, self.settings, train_target(unit), token, generation, env=self.env.context
+        )
+
+    def publish(self, unit: Unit, token: int, result: Any) -> dict[str, Any] | None:
+        if unit.step is Step.FEATURES:
+            manifest = PartitionManifest.from_dict(result.manifest)
+            outputs.publish(self.output_root, unit.partition, manifest)
+            return None
+        # Behind the fence: only a committed attempt registers its model and ends its run.
+        req = self._train_request(unit, token, self._generation.get(unit.run_key, 0))
+        return self.ray.get(self._publish_train.options(**self.env.task_options()).remote(req, result))
+
+    def reconcile(
+        self, unit: Unit, token: int, committed_output: dict[str, Any] | None
+    ) -> Reconciled:
+        if not committed_output:
+            return Reconciled(Reconciled.Outcome.NOTHING)
+        if unit.step is Step.TRAIN:
+            return self._reconcile_train(unit, token, committed_output)
+        if "manifest" not in committed_output:
+            return Reconciled(Reconciled.Outcome.MISSING, "the commit recorded no manifest")
         want = PartitionManifest.from_dict(committed_output["manifest"])
+        gone = [f.path for f in want.files if not os.path.exists(f.path)]
         live = read_committed_manifest(self.output_root, unit.partition)
+        if gone and (live is None or (live.token or 0) <= (want.token or 0)):
+            return Reconciled(
+                Reconciled.Outcome.MISSING, f"{unit.partition}: {len(gone)} file(s) gone, e.g. {gone[0]}"
+            )
         if live is not None and (live.token or 0) >= (want.token or 0):
-            return False
+            return Reconciled(Reconciled.Outcome.NOTHING)
         outputs.publish(self.output_root, unit.partition, want)
-        return True
+        return Reconciled(Reconciled.Outcome.ROLLED_FORWARD)
+
+    def _reconcile_train(self, unit: Unit, token: int, output: dict[str, Any]) -> Reconciled:
+        from rayorch.results import Trained
+
+        if output.get("model_version") or self.spec.registry is None:
+            return Reconciled(Reconciled.Outcome.NOTHING)
+        checkpoint = output.get("checkpoint")
+        if not checkpoint or ("://" not in checkpoint and not os.path.exists(checkpoint)):
+            return Reconciled(Reconciled.Outcome.MISSING, f"checkpoint {checkpoint} is gone")
+        result = Trained(
+            output["mlflow_run_id"],
+            checkpoint,
+            output.get("dataset_digest", ""),
+            output.get("metrics", {}),
+            tuple(output.get("inputs", [])),
+            output.get("training", {}),
+            output.get("model_name"),
+            output.get("sample_file"),
+        )
+        req = self._train_request(unit, token, self._generation.get(unit.run_key, 0))
+        extra = self.ray.get(self._publish_train.options(**self.env.task_options()).remote(req, result))
+        return Reconciled(Reconciled.Outcome.ROLLED_FORWARD, extra=extra)
 
     def _run_files(self, unit: Unit, generation: int) -> Any:
         from rayorch.train.control import RunFiles
@@ -131,8 +243,8 @@ class RayExecutor:
         return {"storage": files.storage, "run_name": files.run_name}
 
 
-def _noop(unit: Unit, token: int) -> dict[str, Any]:
-    return {"kind": "noop", "token": token}
+def _noop(unit: Unit, token: int) -> Noop:
+    return Noop(token)
 
 
 class NoopExecutor:
@@ -141,16 +253,25 @@ class NoopExecutor:
     def __init__(self) -> None:
         import ray
 
+        self.ray = ray
         self._task = ray.remote(num_cpus=1, max_retries=0)(_noop)
 
     def submit(self, unit: Unit, token: int, generation: int, placement: Any = None) -> Any:
         return self._task.remote(unit, token)
 
-    def publish(self, unit: Unit, result: dict[str, Any]) -> None:
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
+        return _ray_wait(handles, timeout)
+
+    def cancel(self, handle: Any) -> None:
+        self.ray.cancel(handle, force=True)
+
+    def publish(self, unit: Unit, token: int, result: Any) -> dict[str, Any] | None:
         return None
 
-    def reconcile(self, unit: Unit, committed_output: dict[str, Any] | None) -> bool:
-        return False
+    def reconcile(
+        self, unit: Unit, token: int, committed_output: dict[str, Any] | None
+    ) -> Reconciled:
+        return Reconciled(Reconciled.Outcome.NOTHING)
 
     def request_yield(self, unit: Unit, token: int, why: str) -> bool:
         return False

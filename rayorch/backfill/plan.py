@@ -206,6 +206,7 @@ class UnitPlanStatus(str, enum.Enum):
     WILL_RERUN = "will re-run"  # done or failed, and the reprocess policy re-runs it
     FAILED_BEFORE = "failed before"
     HELD = "held by another backfill"
+    STALE = "stale"  # done, but built by another config, code or environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +225,13 @@ def annotate(
     now: float,
     reprocess: Reprocess = Reprocess.MISSING,
     own_backfill: str | None = None,
+    stale: Mapping[str, Sequence[str]] | None = None,
 ) -> list[AnnotatedUnit]:
-    """What would happen to each unit if the plan ran now."""
+    """What would happen to each unit if the plan ran now. ``stale``: committed units built
+    by another version, with the parts that changed (see rayorch.backfill.versions)."""
     out: list[AnnotatedUnit] = []
     claimable = reprocess.claimable()
+    stale = stale or {}
     for u in plan.units:
         row = known.get(u.run_key)
         if row is None:
@@ -239,11 +243,15 @@ def annotate(
             )
         elif row.state is UnitState.DONE:
             detail = f"committed {_iso(row.committed_at)} by {row.committed_by}"
-            status = (
-                UnitPlanStatus.WILL_RERUN
-                if UnitState.DONE in claimable
-                else UnitPlanStatus.ALREADY_DONE
-            )
+            changed = stale.get(u.run_key)
+            if changed:
+                detail = f"built by another {'/'.join(changed)} ({u.step.value}); " + detail
+            if UnitState.DONE in claimable or (changed and reprocess is Reprocess.STALE):
+                status = UnitPlanStatus.WILL_RERUN
+            elif changed:
+                status = UnitPlanStatus.STALE
+            else:
+                status = UnitPlanStatus.ALREADY_DONE
             out.append(AnnotatedUnit(u, status, detail))
         elif row.state is UnitState.FAILED:
             detail = (

@@ -18,6 +18,7 @@ from rayorch.backfill.plan import Unit
 from rayorch.data import outputs
 from rayorch.data.sensors import SensorPolicy, SensorStatus, evaluate, observe_partition
 from rayorch.partitions import PartitionKey
+from rayorch.results import NotReady, Staged
 from rayorch.spec import PipelineSpec
 from rayorch.userfn import load_entrypoint, user_code_boundary
 
@@ -72,11 +73,11 @@ def run_feature_unit(
     token: int,
     now_ts: float,
     env: Any = None,
-) -> dict[str, Any]:
+) -> Staged | NotReady:
     now = dt.datetime.fromtimestamp(now_ts, dt.timezone.utc)
     result = check_partition(spec, source_root, unit.partition, unit.day, now)
     if result.status is not SensorStatus.READY:
-        return {"kind": "not_ready", "sensor": result.to_dict()}
+        return NotReady(result.to_dict())
     assert result.manifest is not None
     from rayorch.env.worker import on_feature_unit
 
@@ -105,10 +106,4 @@ def run_feature_unit(
         token=token,
         unique_key=list(spec.features.unique_key),
     )
-    return {
-        "kind": "staged",
-        "manifest": manifest.to_dict(),
-        "input": result.manifest.to_dict(),
-        "rows": out.num_rows,
-        "environment": environment,
-    }
+    return Staged(manifest.to_dict(), result.manifest.to_dict(), out.num_rows, environment)

@@ -14,6 +14,7 @@ from rich.table import Table
 from rayorch.api import open_ledger, plan_with_status, run_backfill
 from rayorch.backfill.driver import BackfillSummary, OnConflict
 from rayorch.backfill.plan import Unit
+from rayorch.backfill.summary import EXIT_CODES
 from rayorch.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -25,13 +26,14 @@ from rayorch.cli.common import (
     out,
 )
 from rayorch.errors import ConfigError
-from rayorch.ledger.states import Reprocess
+from rayorch.ledger.states import BackfillState, Reprocess
 
 StepsOpt = typer.Option(None, "--steps", help="Comma list of steps: features,train (default both).")
 ReprocessOpt = typer.Option(
     Reprocess.MISSING,
     "--reprocess",
-    help="missing: new units; failed: also failed; all: everything.",
+    help="missing: new units; failed: also failed; stale: also units built by another "
+    "config, code or environment; all: everything.",
 )
 ClusterOpt = typer.Option(
     None, "--cluster", help="Quotas (configs/cluster.yaml): admit every unit via the scheduler."
@@ -58,6 +60,12 @@ def plan_cmd(
     durations: str | None = typer.Option(
         None, "--durations", help="Seconds per unit, e.g. features=60,train=1800 (with --cluster)."
     ),
+    deadline: str | None = typer.Option(
+        None,
+        "--deadline-check",
+        help="WORKLOAD.yaml:JOB - would this backfill make that production job miss its "
+        "deadline, and by how much (with --cluster; exit 1 on a miss).",
+    ),
 ) -> None:
     """Print the units a backfill would run, with run keys and what the ledger knows.
 
@@ -66,14 +74,19 @@ def plan_cmd(
     with cli_errors(as_json):
         plan, annotated = plan_with_status(config, start, end, keys_arg(keys), steps, reprocess)
         sched = _schedule_check(plan, config, cluster, namespace, priority, durations)
+        from rayorch.cli.cluster import run_deadline_check
+
+        dl = run_deadline_check(plan, sched, cluster, deadline)
         if as_json:
             d = plan.to_dict()
             d["units"] = [a.to_dict() for a in annotated]
             d["status_counts"] = _count(a.status.value for a in annotated)
             if sched is not None:
                 d["scheduling"] = sched.to_dict()
+            if dl is not None:
+                d["deadline_check"] = dl.to_dict()
             emit_json(d)
-            if sched is not None and sched.rejected:
+            if (sched is not None and sched.rejected) or (dl is not None and dl.misses):
                 raise typer.Exit(1)
             return
         table = Table(title=f"plan: {plan.pipeline} {plan.start} .. {plan.end}")
@@ -90,7 +103,11 @@ def plan_cmd(
             from rayorch.cli.cluster import print_plan_check
 
             print_plan_check(sched)
-            if sched.rejected:
+            if dl is not None:
+                from rayorch.scheduling.deadline import render_deadline_check
+
+                out.print(render_deadline_check(dl))
+            if sched.rejected or (dl is not None and dl.misses):
                 raise typer.Exit(1)
 
 
@@ -144,7 +161,10 @@ def backfill(
     max_concurrency: int | None = typer.Option(None, help="Units in flight at once."),
     reprocess: Reprocess = ReprocessOpt,
     on_conflict: OnConflict = typer.Option(
-        OnConflict.SKIP, "--on-conflict", help="Units held by another backfill: skip|wait|fail."
+        OnConflict.WAIT,
+        "--on-conflict",
+        help="Units held by another live driver: wait (default; until it finishes or its "
+        "lease runs out) | skip (the backfill ends INCOMPLETE, exit 4) | fail.",
     ),
     resume: str | None = typer.Option(None, "--resume", help="Resume backfill ID."),
     lease_s: float | None = typer.Option(
@@ -197,10 +217,8 @@ def backfill(
             priority=priority,
         )
         _print_summary(summary, as_json)
-        if summary.state.value == "PREEMPTED":
-            raise typer.Exit(EXIT_PREEMPTED)
-        if summary.failed or summary.state.value != "SUCCEEDED":
-            raise typer.Exit(1)
+        if not summary.ok:
+            raise typer.Exit(summary.exit_code or 1)
 
 
 def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
@@ -217,27 +235,38 @@ def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
     task_ids: dict[str, Any] = {}
 
     def on_event(event: str, unit: Unit | None, detail: dict[str, Any]) -> None:
+        why = str(detail.get("detail", ""))
         if event == "start":
             task_ids["all"] = progress.add_task(
                 detail["backfill_id"], total=detail["units"], detail=""
             )
-            if detail.get("resumed"):
-                console.print(f"resuming backfill {detail['backfill_id']}")
-        elif unit is not None and event in ("done", "skipped", "failed", "blocked"):
-            progress.update(task_ids["all"], advance=1, detail=f"{event}: {unit.run_key}"[:70])
-            if event == "failed" and not as_json:
+            if detail.get("took_over_from"):
                 console.print(
-                    f"[red]failed[/] {unit.run_key}: {detail.get('error', '')}", highlight=False
-                )
-        elif event == "yielded" and unit is not None:
-            progress.update(task_ids["all"], detail=f"yielded: {unit.run_key}"[:70])
-            if not as_json:
-                console.print(
-                    f"[yellow]yielded[/] {unit.run_key} at step {detail.get('step')}",
+                    f"taking over backfill {detail['backfill_id']} from "
+                    f"{detail['took_over_from']} ({detail.get('why')})",
                     highlight=False,
                 )
-        elif unit is not None and event in ("waiting", "retry"):
-            progress.update(task_ids["all"], detail=f"{event}: {unit.run_key}"[:70])
+            elif detail.get("resumed"):
+                console.print(f"resuming backfill {detail['backfill_id']}")
+        elif event == "takeover":
+            console.print(
+                f"[yellow]driver {detail['owner']} of backfill {detail['from']} is dead[/] "
+                f"({detail['why']}): taking its units over now",
+                highlight=False,
+            )
+        elif unit is not None and event in ("done", "skipped", "failed", "blocked"):
+            progress.update(task_ids["all"], advance=1, detail=f"{event}: {unit.run_key}"[:70])
+            if event in ("failed", "skipped") and why and not as_json:
+                color = "red" if event == "failed" else "yellow"
+                console.print(f"[{color}]{event}[/] {unit.run_key}: {why}", highlight=False)
+        elif event == "yielded" and unit is not None:
+            progress.update(task_ids["all"], detail=f"yielded: {unit.run_key}"[:70])
+            console.print(f"[yellow]yielded[/] {unit.run_key}: {why}", highlight=False)
+        elif unit is not None and event == "waiting":
+            # e.g. "held by backfill X (driver h:1, UNKNOWN, lease runs out in 41s)"
+            progress.update(task_ids["all"], detail=f"waiting: {why}"[:90])
+        elif unit is not None and event in ("retry", "invalidated"):
+            console.print(f"[yellow]{event}[/] {unit.run_key}: {why}", highlight=False)
 
     kwargs["progress"] = on_event
     previous = signal.getsignal(signal.SIGTERM)
@@ -264,22 +293,39 @@ def _run_with_progress(as_json: bool, **kwargs: Any) -> BackfillSummary:
 
 #: Exit status of a backfill that stopped on SIGTERM after its units yielded: resumable.
 #: (EX_TEMPFAIL: a retried `ray job submit` attempt or a restarted pod resumes it.)
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = EXIT_CODES[BackfillState.PREEMPTED]
 
 
-def _print_summary(s: BackfillSummary, as_json: bool) -> None:
+def _print_summary(s: BackfillSummary, as_json: bool, limit: int = 20) -> None:
     if as_json:
         emit_json(s.to_dict())
         return
     c = s.counts()
-    color = "green" if s.state.value == "SUCCEEDED" else "red"
-    out.print(f"backfill {s.backfill_id}: [{color}]{s.state.value}[/] in {s.wall_s:.1f}s")
+    color = "green" if s.ok else "red"
+    out.print(
+        f"backfill {s.backfill_id}: [{color}]{s.state.value}[/] in {s.wall_s:.1f}s"
+        + ("" if s.ok else f" (exit {s.exit_code})")
+    )
     out.print("  " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if v))
-    for k in s.failed:
-        out.print(f"  [red]failed[/] {k}: {s.errors.get(k, '')}", highlight=False)
-    for y in s.to_dict()["yielded"]:
-        out.print(f"  [yellow]yielded[/] {y['run_key']} at step {y['step']}", highlight=False)
-    for t in s.to_dict()["trained"]:
+    d = s.to_dict()
+    missing = d["not_done"]
+    if missing:
+        out.print(f"  [red]{len(missing)} unit(s) not done:[/]")
+    for u in missing[:limit]:
+        lease = (
+            f"; lease runs out in {u['lease_expires_in_s']:.0f}s"
+            if u.get("lease_expires_in_s") is not None
+            else ""
+        )
+        out.print(f"    {u['state'].lower()} {u['run_key']}: {u['why']}{lease}", highlight=False)
+    if len(missing) > limit:
+        out.print(f"    ... and {len(missing) - limit} more (--json lists all)")
+    if s.state is BackfillState.INCOMPLETE:
+        out.print(
+            "  run the same command again to finish it (held units are taken over once their "
+            "driver is dead or its lease runs out)"
+        )
+    for t in d["trained"]:
         out.print(
             f"  trained {t['run_key']}: mlflow run {t['mlflow_run_id']}, "
             f"model {t['model_name']} v{t['model_version']}, metrics {t['metrics']}"

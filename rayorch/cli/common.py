@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +31,32 @@ def keys_arg(text: str | None) -> dict[str, list[str]] | None:
     return parse_key_selection(text) or None
 
 
+#: Where ``emit_json`` writes once :func:`json_stdout` took file descriptor 1 over.
+_json_out: io.TextIOBase | None = None
+
+
+def json_stdout() -> None:
+    """With ``--json``, stdout carries exactly one JSON document: move everything else that
+    writes to fd 1 (Ray's ``(raylet)`` lines, library prints, C extensions) to stderr, and
+    keep the real stdout for :func:`emit_json` alone. Idempotent."""
+    global _json_out
+    if _json_out is not None:
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # fd 1 is stderr from here on, for this process and its children
+    _json_out = io.TextIOWrapper(os.fdopen(saved, "wb", buffering=0), encoding="utf-8")
+    sys.stdout = sys.stderr
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    if _json_out is not None:
+        _json_out.write(text)
+        _json_out.flush()
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 @contextmanager

@@ -5,11 +5,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
+from rayorch.ledger.owners import OwnerInfo
 from rayorch.ledger.states import BackfillState, UnitState
 
 
@@ -37,6 +36,7 @@ class UnitRow:
     output: dict[str, Any] | None
     progress: dict[str, Any] | None
     updated_at: float
+    version: dict[str, str] | None = None  # what produced the committed output
 
     def lease_live(self, now: float) -> bool:
         return (
@@ -78,6 +78,38 @@ class BackfillRow:
     heartbeat_at: float
     cancel_requested: bool
     summary: dict[str, Any] | None
+    owner_epoch: int = 0
+    owner_info: OwnerInfo | None = None
+    lease_s: float = 60.0
+
+    @property
+    def ownership(self) -> Ownership:
+        return Ownership(self.id, self.owner_epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """The right to write for a backfill: its id and the owner epoch this driver holds.
+
+    Every write of a driver carries it; the ledger refuses it once another driver took the
+    backfill over (a higher epoch), so a paused driver cannot keep writing."""
+
+    backfill_id: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What :meth:`Ledger.open_backfill` did: the row, and whose backfill was taken over."""
+
+    backfill: BackfillRow
+    resumed: bool
+    took_over_from: OwnerInfo | None = None
+    why: str = ""
+
+    @property
+    def ownership(self) -> Ownership:
+        return self.backfill.ownership
 
 
 def _row_to_unit(r: Any) -> UnitRow:
@@ -97,6 +129,7 @@ def _row_to_unit(r: Any) -> UnitRow:
         output=json.loads(r.output) if r.output else None,
         progress=json.loads(r.progress) if r.progress else None,
         updated_at=r.updated_at,
+        version=json.loads(r.version) if r.version else None,
     )
 
 
@@ -114,12 +147,12 @@ def _row_to_backfill(r: Any) -> BackfillRow:
         heartbeat_at=r.heartbeat_at,
         cancel_requested=bool(r.cancel_requested),
         summary=json.loads(r.summary) if r.summary else None,
+        owner_epoch=r.owner_epoch or 0,
+        owner_info=OwnerInfo(**json.loads(r.owner_info)) if r.owner_info else None,
+        lease_s=float(r.lease_s or 60.0),
     )
 
 
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
-
-def driver_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"

@@ -14,7 +14,9 @@ from sqlalchemy import (
     Text,
 )
 
-LEDGER_SCHEMA_VERSION = 1
+#: 2: owner epoch, owner process identity and lease length on backfills; producing versions
+#: on units. A version-1 ledger is migrated in place (columns added), see ``MIGRATIONS``.
+LEDGER_SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -35,6 +37,10 @@ backfills = Table(
     Column("config_fingerprint", String(64), nullable=False),
     Column("state", String(16), nullable=False),
     Column("owner", String(200), nullable=False),  # host:pid of the driver holding it
+    # Every write by a driver checks this epoch; a takeover increments it (one owner).
+    Column("owner_epoch", Integer, nullable=False, default=0),
+    Column("owner_info", Text, nullable=True),  # JSON OwnerInfo: host, pid, start time, job
+    Column("lease_s", Float, nullable=False, default=60.0),  # judged by the database clock
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
@@ -61,6 +67,7 @@ units = Table(
     Column("committed_by", String(64), nullable=True),
     Column("output", Text, nullable=True),  # JSON manifest / result of the last commit
     Column("progress", Text, nullable=True),  # JSON, e.g. training epoch, waits
+    Column("version", Text, nullable=True),  # JSON: what produced the commit (config/code/env)
     Column("updated_at", Float, nullable=False),
     Index("ix_units_holder", "holder"),
     Index("ix_units_pipeline_step", "pipeline", "step"),
@@ -86,3 +93,14 @@ unit_events = Table(
     Column("detail", Text, nullable=True),
     Index("ix_unit_events_run_key", "run_key"),
 )
+
+
+#: In-place upgrades: from version N, the DDL that brings a ledger to N + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE backfills ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE backfills ADD COLUMN owner_info TEXT",
+        "ALTER TABLE backfills ADD COLUMN lease_s FLOAT NOT NULL DEFAULT 60.0",
+        "ALTER TABLE units ADD COLUMN version TEXT",
+    ),
+}

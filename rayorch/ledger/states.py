@@ -40,6 +40,9 @@ class BackfillState(str, enum.Enum):
     FAILED = "FAILED"  # finished with failed units, or the driver gave up
     CANCELLED = "CANCELLED"
     PREEMPTED = "PREEMPTED"  # the driver was asked to stop (SIGTERM): units yielded, resumable
+    # Ended with units not done that are not failures of their own: held by another owner,
+    # inputs not ready, lease lost, or the driver died and was found dead. Resumable.
+    INCOMPLETE = "INCOMPLETE"
 
     @property
     def is_terminal(self) -> bool:
@@ -55,9 +58,11 @@ BACKFILL_TRANSITIONS: dict[BackfillState, frozenset[BackfillState]] = {
             BackfillState.FAILED,
             BackfillState.CANCELLED,
             BackfillState.PREEMPTED,
+            BackfillState.INCOMPLETE,
         }
     ),
     BackfillState.PREEMPTED: frozenset({BackfillState.RUNNING, BackfillState.CANCELLED}),
+    BackfillState.INCOMPLETE: frozenset({BackfillState.RUNNING, BackfillState.CANCELLED}),
     BackfillState.FAILED: frozenset({BackfillState.RUNNING}),  # --resume
     BackfillState.SUCCEEDED: frozenset({BackfillState.RUNNING}),  # --resume with reprocess
     BackfillState.CANCELLED: frozenset({BackfillState.RUNNING}),
@@ -90,6 +95,7 @@ class Reprocess(str, enum.Enum):
     MISSING = "missing"  # never committed and never failed
     FAILED = "failed"  # also units that failed before
     ALL = "all"  # also committed units (their partitions are replaced atomically)
+    STALE = "stale"  # also committed units built by another config, code or environment
 
     def claimable(self) -> frozenset[UnitState]:
         base = {UnitState.PENDING, UnitState.RUNNING}

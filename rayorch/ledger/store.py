@@ -1,10 +1,16 @@
-"""The durable ledger: backfills, per-key claims with fencing tokens, fenced commits.
+"""The durable ledger: backfills with one owner each, per-key claims with fencing tokens.
 
 Every claim and commit is one conditional UPDATE, so correctness rests on the database's
 row atomicity, not on any process being polite: under SQLite the write lock serializes them
-(transactions start ``BEGIN IMMEDIATE``), under PostgreSQL the row lock and READ COMMITTED
+(transactions start ``BEGIN IMMEDIATE``), under PostgreSQL the row locks and READ COMMITTED
 re-check of the WHERE clause do. Tokens only grow per key; a commit is accepted only with the
 current token of a RUNNING claim.
+
+One owner per backfill: every write of a driver carries its :class:`Ownership` (backfill id +
+owner epoch) and first reads the backfill row with a share lock (:meth:`Ledger._fence`); a
+takeover increments the epoch under a row lock, so once it commits, no write of the previous
+owner can succeed. Leases are judged by the database's clock and the lease length stored
+with the backfill, never by a client's wall clock or a newcomer's own ``--lease`` setting.
 """
 
 from __future__ import annotations
@@ -16,44 +22,39 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    bindparam,
-    func,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, insert, select, text, update
 
-from rayorch.errors import ClaimHeldError, InfrastructureError, NotFoundError, StaleTokenError
-from rayorch.ledger.engine import _chunks, _insert_ignore, _is_transient, _make_engine
+from rayorch.errors import (
+    ClaimHeldError,
+    InfrastructureError,
+    NotFoundError,
+    OwnershipLostError,
+)
+from rayorch.ledger.claims import ClaimsMixin, _sql_message
+from rayorch.ledger.engine import _chunks, _insert_ignore, _make_engine
+from rayorch.ledger.owners import Observation, OwnerInfo, Verdict, current_owner, judge_owner
+from rayorch.ledger.owners import observe as observe_owner
 from rayorch.ledger.rows import (
     BackfillRow,
     ClaimOutcome,
     ClaimResult,
+    Opened,
+    Ownership,
     UnitRow,
     UnitSpec,
     _row_to_backfill,
-    _row_to_unit,
-    driver_identity,
     params_hash,
 )
 from rayorch.ledger.schema import (
     LEDGER_SCHEMA_VERSION,
+    MIGRATIONS,
     backfill_units,
     backfills,
     meta_table,
     metadata,
-    unit_events,
     units,
 )
-from rayorch.ledger.states import (
-    BackfillState,
-    Reprocess,
-    UnitState,
-    check_backfill,
-)
+from rayorch.ledger.states import BackfillState, UnitState, check_backfill
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -61,30 +62,55 @@ __all__ = [
     "ClaimOutcome",
     "ClaimResult",
     "Ledger",
+    "Opened",
+    "Ownership",
     "UnitRow",
     "UnitSpec",
-    "_make_engine",
-    "driver_identity",
     "params_hash",
 ]
 
 DEFAULT_LEASE_S = 60.0
+_INIT_LOCK_KEY = 0x7261796F  # pg_advisory_xact_lock key serializing schema creation
+
+#: Backfill states a newcomer may resume (or take over from a dead owner).
+_RESUMABLE = (
+    BackfillState.RUNNING.value,
+    BackfillState.CREATED.value,
+    BackfillState.PREEMPTED.value,
+    BackfillState.INCOMPLETE.value,
+)
+
+Observer = Callable[[OwnerInfo], Observation]
 
 
-class Ledger:
-    """Durable state behind a narrow interface. SQLite by default; any SQLAlchemy URL works."""
+class Ledger(ClaimsMixin):
+    """Durable state behind a narrow interface. SQLite by default; any SQLAlchemy URL works.
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    ``clock`` replaces the database clock (tests advance it instead of sleeping)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] | None = None,
+        observe: Observer = observe_owner,
+    ) -> None:
         self.url = url
-        self.clock = clock
+        self._clock = clock
+        self.observe = observe
         self.engine = _make_engine(url)
+        self._pg = self.engine.dialect.name == "postgresql"
         self._init_schema()
 
     # -- plumbing ---------------------------------------------------------------------------
     def _init_schema(self) -> None:
+        """Create or migrate the schema, serialized across processes (first use of a fresh
+        home by many processes at once): SQLite's write lock, PostgreSQL's advisory lock."""
         try:
-            metadata.create_all(self.engine, checkfirst=True)
             with self.tx() as c:
+                if self._pg:
+                    c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INIT_LOCK_KEY})
+                metadata.create_all(c, checkfirst=True)
                 found = c.execute(
                     select(meta_table.c.value).where(meta_table.c.key == "schema_version")
                 ).scalar()
@@ -94,19 +120,31 @@ class Ledger:
                             key="schema_version", value=str(LEDGER_SCHEMA_VERSION)
                         )
                     )
-                elif int(found) != LEDGER_SCHEMA_VERSION:
+                    return
+                version = int(found)
+                if version > LEDGER_SCHEMA_VERSION:
                     raise InfrastructureError(
-                        f"ledger {self.url} has schema version {found}; this rayorch needs "
-                        f"{LEDGER_SCHEMA_VERSION}. Point RAYORCH_DB_URL at a new database.",
+                        f"ledger {self.url} has schema version {version}, newer than this "
+                        f"rayorch ({LEDGER_SCHEMA_VERSION}); upgrade rayorch or point "
+                        "RAYORCH_DB_URL at another database.",
                         url=self.url,
                     )
+                while version < LEDGER_SCHEMA_VERSION:
+                    for ddl in MIGRATIONS[version]:
+                        c.execute(text(ddl))
+                    version += 1
+                c.execute(
+                    update(meta_table)
+                    .where(meta_table.c.key == "schema_version")
+                    .values(value=str(version))
+                )
         except InfrastructureError:
             raise
         except Exception as e:
-            if "already exists" in str(e) or "UniqueViolation" in type(e).__name__:
-                return  # another process initialised it concurrently
             raise InfrastructureError(
-                f"cannot open ledger at {self.url}: {e}. Check RAYORCH_DB_URL.", url=self.url
+                f"cannot open ledger at {self.url}: {type(e).__name__}: {_sql_message(e)}. "
+                "Check RAYORCH_DB_URL.",
+                url=self.url,
             ) from e
 
     @contextmanager
@@ -117,77 +155,134 @@ class Ledger:
     def close(self) -> None:
         self.engine.dispose()
 
+    def now(self, c: Connection | None = None) -> float:
+        """The database's clock (epoch seconds), or the injected test clock."""
+        if self._clock is not None:
+            return self._clock()
+        sql = (
+            "SELECT extract(epoch from clock_timestamp())"
+            if self._pg
+            else "SELECT (julianday('now') - 2440587.5) * 86400.0"
+        )
+        if c is not None:
+            return float(c.execute(text(sql)).scalar())
+        with self.engine.connect() as conn:
+            return float(conn.execute(text(sql)).scalar())
+
+    def _fence(self, c: Connection, owner: Ownership) -> float:
+        """Refuse a write of a driver that no longer owns its backfill; return its lease.
+
+        The share lock (PostgreSQL) makes a concurrent takeover wait for this transaction,
+        and this transaction wait for a takeover in flight."""
+        q = select(backfills.c.owner_epoch, backfills.c.lease_s).where(
+            backfills.c.id == owner.backfill_id
+        )
+        if self._pg:
+            q = q.with_for_update(read=True)
+        row = c.execute(q).first()
+        if row is None:
+            raise NotFoundError(f"no backfill {owner.backfill_id!r} in the ledger")
+        if row.owner_epoch != owner.epoch:
+            raise OwnershipLostError(
+                f"backfill {owner.backfill_id} was taken over by another driver (owner epoch "
+                f"{row.owner_epoch}; this driver holds {owner.epoch}); this driver stops "
+                "writing. `rayorch status -b " + owner.backfill_id + "` shows the new owner.",
+                backfill_id=owner.backfill_id,
+                epoch=owner.epoch,
+                current_epoch=row.owner_epoch,
+            )
+        return float(row.lease_s)
+
     # -- backfills --------------------------------------------------------------------------
-    def start_backfill(
+    def judge(self, bf: BackfillRow, now: float) -> Verdict:
+        """Is ``bf``'s driver alive? (pure rules in :func:`judge_owner`, observed here)."""
+        info = bf.owner_info or OwnerInfo("?", 0, 0.0)
+        return judge_owner(
+            info, self.observe(info), heartbeat_age_s=now - bf.heartbeat_at, lease_s=bf.lease_s
+        )
+
+    def open_backfill(
         self,
         pipeline: str,
         params: dict[str, Any],
         config_fingerprint: str,
         planned: Sequence[UnitSpec],
         *,
+        owner: OwnerInfo | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
         resume_id: str | None = None,
-        stale_after_s: float = DEFAULT_LEASE_S,
-    ) -> tuple[BackfillRow, bool]:
-        """Persist the backfill and its planned units before anything runs.
+    ) -> Opened:
+        """Persist the backfill and its planned units before anything runs; own it.
 
-        Returns (backfill, resumed). With ``resume_id`` that backfill is taken over; otherwise
-        an unfinished backfill with the same parameters whose driver stopped heart-beating is
-        resumed, and else a new one is created.
+        With ``resume_id`` that backfill is taken over. Otherwise the newest unfinished
+        backfill with the same parameters is resumed when it is preempted or incomplete, or
+        when its driver is dead (:meth:`judge`: at once on this host, else after its stored
+        lease); a backfill whose driver is alive is left to it and a new one is created.
+        Taking over increments the owner epoch: the previous owner's writes are refused.
         """
-        now = self.clock()
+        me = owner or current_owner()
         phash = params_hash(params)
-        owner = driver_identity()
         with self.tx() as c:
-            row = None
+            now = self.now(c)
+            row, took, why = None, None, ""
             if resume_id is not None:
-                row = c.execute(select(backfills).where(backfills.c.id == resume_id)).first()
-                if row is None:
+                q = select(backfills).where(backfills.c.id == resume_id)
+                found = c.execute(q.with_for_update() if self._pg else q).first()
+                if found is None:
                     raise NotFoundError(f"no backfill {resume_id!r} in the ledger", id=resume_id)
-                if (
-                    row.state == BackfillState.RUNNING.value
-                    and row.heartbeat_at > now - stale_after_s
-                ):
-                    raise ClaimHeldError(
-                        f"backfill {resume_id} is still driven by {row.owner} (heartbeat "
-                        f"{now - row.heartbeat_at:.0f}s ago); wait for it, or "
-                        f"`rayorch backfill cancel {resume_id}` first",
-                        id=resume_id,
-                        owner=row.owner,
-                    )
+                bf = _row_to_backfill(found)
+                if bf.state is BackfillState.RUNNING:
+                    verdict = self.judge(bf, now)
+                    if not verdict.dead:
+                        raise ClaimHeldError(
+                            f"backfill {resume_id} is still driven by {bf.owner} "
+                            f"({verdict.describe()}; heartbeat {now - bf.heartbeat_at:.0f}s ago, "
+                            f"lease {bf.lease_s:.0f}s); wait for it, or "
+                            f"`rayorch backfill cancel {resume_id}` first",
+                            id=resume_id,
+                            owner=bf.owner,
+                        )
+                    took, why = bf.owner_info, verdict.describe()
+                row = bf
             else:
-                row = c.execute(
+                q = (
                     select(backfills)
                     .where(backfills.c.pipeline == pipeline)
                     .where(backfills.c.params_hash == phash)
-                    .where(
-                        # A preempted backfill resumes at once; a running one once its
-                        # driver stopped heart-beating.
-                        (backfills.c.state == BackfillState.PREEMPTED.value)
-                        | (
-                            backfills.c.state.in_(
-                                [BackfillState.RUNNING.value, BackfillState.CREATED.value]
-                            )
-                            & (backfills.c.heartbeat_at < now - stale_after_s)
-                        )
-                    )
+                    .where(backfills.c.state.in_(_RESUMABLE))
                     .order_by(backfills.c.created_at.desc())
-                ).first()
+                )
+                for found in c.execute(q.with_for_update() if self._pg else q).all():
+                    bf = _row_to_backfill(found)
+                    if bf.state in (BackfillState.RUNNING, BackfillState.CREATED):
+                        verdict = self.judge(bf, now)
+                        if not verdict.dead:
+                            continue  # a live driver runs it: leave it alone
+                        took, why = bf.owner_info, verdict.describe()
+                    row = bf
+                    break
             resumed = row is not None
             if row is not None:
                 bf_id = row.id
-                check_backfill(BackfillState(row.state), BackfillState.RUNNING, bf_id)
+                check_backfill(row.state, BackfillState.RUNNING, bf_id)
                 c.execute(
                     update(backfills)
                     .where(backfills.c.id == bf_id)
+                    .where(backfills.c.owner_epoch == row.owner_epoch)
                     .values(
                         state=BackfillState.RUNNING.value,
-                        owner=owner,
+                        owner=me.label(),
+                        owner_info=json.dumps(me.to_dict()),
+                        owner_epoch=row.owner_epoch + 1,
+                        lease_s=lease_s,
                         updated_at=now,
                         heartbeat_at=now,
                         cancel_requested=False,
                         summary=None,
                     )
                 )
+                if took is not None:
+                    self._event(c, bf_id, bf_id, "TAKEOVER", row.owner_epoch + 1, now, why)
             else:
                 bf_id = (
                     f"bf-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
@@ -200,7 +295,10 @@ class Ledger:
                         params=json.dumps(params, sort_keys=True),
                         config_fingerprint=config_fingerprint,
                         state=BackfillState.RUNNING.value,
-                        owner=owner,
+                        owner=me.label(),
+                        owner_info=json.dumps(me.to_dict()),
+                        owner_epoch=1,
+                        lease_s=lease_s,
                         created_at=now,
                         updated_at=now,
                         heartbeat_at=now,
@@ -209,7 +307,30 @@ class Ledger:
                 )
             self._register_units(c, bf_id, planned, now)
             out = c.execute(select(backfills).where(backfills.c.id == bf_id)).one()
-        return _row_to_backfill(out), resumed
+        return Opened(_row_to_backfill(out), resumed, took, why)
+
+    def start_backfill(
+        self,
+        pipeline: str,
+        params: dict[str, Any],
+        config_fingerprint: str,
+        planned: Sequence[UnitSpec],
+        *,
+        resume_id: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        owner: OwnerInfo | None = None,
+    ) -> tuple[BackfillRow, bool]:
+        """:meth:`open_backfill`, returning (backfill, resumed)."""
+        o = self.open_backfill(
+            pipeline,
+            params,
+            config_fingerprint,
+            planned,
+            owner=owner,
+            lease_s=lease_s,
+            resume_id=resume_id,
+        )
+        return o.backfill, o.resumed
 
     def _register_units(
         self, c: Connection, backfill_id: str, planned: Sequence[UnitSpec], now: float
@@ -262,6 +383,15 @@ class Ledger:
             )
         return _row_to_backfill(row)
 
+    def get_backfills(self, backfill_ids: Iterable[str]) -> dict[str, BackfillRow]:
+        ids = sorted(set(backfill_ids))
+        out: dict[str, BackfillRow] = {}
+        with self.engine.connect() as c:
+            for chunk in _chunks(ids, 500):
+                for r in c.execute(select(backfills).where(backfills.c.id.in_(chunk))):
+                    out[r.id] = _row_to_backfill(r)
+        return out
+
     def list_backfills(self, pipeline: str | None = None, limit: int = 20) -> list[BackfillRow]:
         q = select(backfills).order_by(backfills.c.created_at.desc()).limit(limit)
         if pipeline:
@@ -270,49 +400,89 @@ class Ledger:
             return [_row_to_backfill(r) for r in c.execute(q)]
 
     def finish_backfill(
-        self, backfill_id: str, state: BackfillState, summary: dict[str, Any]
+        self, owner: Ownership, state: BackfillState, summary: dict[str, Any]
     ) -> None:
-        now = self.clock()
         with self.tx() as c:
-            cur = c.execute(select(backfills.c.state).where(backfills.c.id == backfill_id)).scalar()
-            check_backfill(BackfillState(cur), state, backfill_id)
+            self._fence(c, owner)
+            now = self.now(c)
+            cur = c.execute(
+                select(backfills.c.state).where(backfills.c.id == owner.backfill_id)
+            ).scalar()
+            check_backfill(BackfillState(cur), state, owner.backfill_id)
             c.execute(
                 update(backfills)
-                .where(backfills.c.id == backfill_id)
+                .where(backfills.c.id == owner.backfill_id)
                 .values(state=state.value, updated_at=now, summary=json.dumps(summary))
             )
 
     def request_cancel(self, backfill_id: str) -> BackfillRow:
         bf = self.get_backfill(backfill_id)
-        now = self.clock()
         with self.tx() as c:
+            now = self.now(c)
             if bf.state.is_terminal:
                 return bf
-            alive = bf.heartbeat_at > now - DEFAULT_LEASE_S
             values: dict[str, Any] = {"cancel_requested": True, "updated_at": now}
+            alive = bf.state is BackfillState.RUNNING and not self.judge(bf, now).dead
             if not alive:  # nobody will act on the flag: cancel here and free its claims
                 values["state"] = BackfillState.CANCELLED.value
+                values["owner_epoch"] = bf.owner_epoch + 1  # a paused driver cannot resume it
                 self._release_all(c, backfill_id, now, "cancelled while its driver was down")
             c.execute(update(backfills).where(backfills.c.id == backfill_id).values(**values))
         return self.get_backfill(backfill_id)
 
-    def heartbeat(self, backfill_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
-        """Extend this backfill's leases. Returns True when cancellation was requested."""
-        now = self.clock()
+    def heartbeat(self, owner: Ownership) -> bool:
+        """Extend this backfill's leases (by its stored lease length, on the database clock).
+        Returns True when cancellation was requested; raises OwnershipLostError when another
+        driver took the backfill over."""
         with self.tx() as c:
+            lease_s = self._fence(c, owner)
+            now = self.now(c)
             c.execute(
                 update(units)
-                .where(units.c.holder == backfill_id)
+                .where(units.c.holder == owner.backfill_id)
                 .where(units.c.state == UnitState.RUNNING.value)
                 .values(lease_until=now + lease_s)
             )
             c.execute(
-                update(backfills).where(backfills.c.id == backfill_id).values(heartbeat_at=now)
+                update(backfills)
+                .where(backfills.c.id == owner.backfill_id)
+                .values(heartbeat_at=now)
             )
             flag = c.execute(
-                select(backfills.c.cancel_requested).where(backfills.c.id == backfill_id)
+                select(backfills.c.cancel_requested).where(backfills.c.id == owner.backfill_id)
             ).scalar()
         return bool(flag)
+
+    def expire_owner(self, bf: BackfillRow, why: str) -> bool:
+        """A newcomer found ``bf``'s driver dead: end its leases now and fence it out.
+
+        Conditional on the epoch the newcomer judged, so a backfill that was resumed by a
+        live driver meanwhile is left alone. The dead backfill becomes INCOMPLETE (its
+        units are free; running the same command again resumes it)."""
+        with self.tx() as c:
+            now = self.now(c)
+            res = c.execute(
+                update(backfills)
+                .where(backfills.c.id == bf.id)
+                .where(backfills.c.owner_epoch == bf.owner_epoch)
+                .where(backfills.c.state.in_(_RESUMABLE))
+                .values(
+                    owner_epoch=bf.owner_epoch + 1,
+                    state=BackfillState.INCOMPLETE.value,
+                    updated_at=now,
+                    summary=json.dumps({"error": f"driver {bf.owner} found dead: {why}"}),
+                )
+            )
+            if res.rowcount != 1:
+                return False
+            c.execute(
+                update(units)
+                .where(units.c.holder == bf.id)
+                .where(units.c.state == UnitState.RUNNING.value)
+                .values(lease_until=now)
+            )
+            self._event(c, bf.id, bf.id, "OWNER_DEAD", bf.owner_epoch, now, why)
+        return True
 
     def backfill_run_keys(self, backfill_id: str) -> list[str]:
         with self.engine.connect() as c:
@@ -323,294 +493,3 @@ class Ledger:
                     .order_by(backfill_units.c.position)
                 ).scalars()
             )
-
-    # -- units ------------------------------------------------------------------------------
-    def get_units(self, run_keys: Iterable[str]) -> dict[str, UnitRow]:
-        out: dict[str, UnitRow] = {}
-        with self.engine.connect() as c:
-            for chunk in _chunks(list(run_keys), 500):
-                for r in c.execute(select(units).where(units.c.run_key.in_(chunk))):
-                    out[r.run_key] = _row_to_unit(r)
-        return out
-
-    def unit_counts(self, backfill_id: str) -> dict[str, int]:
-        with self.engine.connect() as c:
-            rows = c.execute(
-                select(units.c.state, func.count())
-                .select_from(
-                    units.join(backfill_units, units.c.run_key == backfill_units.c.run_key)
-                )
-                .where(backfill_units.c.backfill_id == backfill_id)
-                .group_by(units.c.state)
-            ).all()
-        return {s.value: 0 for s in UnitState} | {state: n for state, n in rows}
-
-    def claim_many(
-        self,
-        backfill_id: str,
-        run_keys: Sequence[str],
-        *,
-        reprocess: Reprocess = Reprocess.MISSING,
-        lease_s: float = DEFAULT_LEASE_S,
-        take_own: bool = False,
-    ) -> list[ClaimResult]:
-        """Claim keys with one conditional, set-based UPDATE per chunk, in one transaction.
-
-        A key is granted when its state is claimable under ``reprocess`` and nobody else holds
-        a live lease. ``take_own`` lets this backfill re-claim its own RUNNING unit (a retry,
-        or a resumed backfill taking over what its dead driver held). The new token is the old
-        one plus one: tokens only grow. Keys are locked in sorted order, so two drivers
-        claiming overlapping batches cannot deadlock.
-        """
-        now = self.clock()
-        claimable = [s.value for s in reprocess.claimable()]
-        keys = sorted(set(run_keys))
-        free = (units.c.state != UnitState.RUNNING.value) | (units.c.lease_until < now)
-        if take_own:
-            free = free | (units.c.holder == backfill_id)
-
-        def attempt(c: Connection) -> tuple[dict[str, int], dict[str, UnitRow]]:
-            granted: dict[str, int] = {}
-            for chunk in _chunks(keys, 500):
-                res = c.execute(
-                    update(units)
-                    .where(units.c.run_key.in_(chunk))
-                    .where(units.c.state.in_(claimable))
-                    .where(free)
-                    .values(
-                        state=UnitState.RUNNING.value,
-                        token=units.c.token + 1,
-                        holder=backfill_id,
-                        lease_until=now + lease_s,
-                        attempts=units.c.attempts + 1,
-                        updated_at=now,
-                    )
-                    .returning(units.c.run_key, units.c.token)
-                )
-                granted.update({k: t for k, t in res.all()})
-            self._events(c, backfill_id, "CLAIM", granted.items(), now)
-            others: dict[str, UnitRow] = {}
-            for chunk in _chunks([k for k in keys if k not in granted], 500):
-                for r in c.execute(select(units).where(units.c.run_key.in_(chunk))):
-                    others[r.run_key] = _row_to_unit(r)
-            return granted, others
-
-        granted, others = self._retry_tx(attempt)
-        results: list[ClaimResult] = []
-        for key in run_keys:
-            if key in granted:
-                results.append(ClaimResult(key, ClaimOutcome.GRANTED, granted[key]))
-                continue
-            unit = others.get(key)
-            if unit is None:
-                raise NotFoundError(f"unit {key!r} is not registered in the ledger", run_key=key)
-            if unit.state is UnitState.DONE:
-                outcome = ClaimOutcome.ALREADY_DONE
-            elif unit.state is UnitState.FAILED:
-                outcome = ClaimOutcome.FAILED_BEFORE
-            else:
-                outcome = ClaimOutcome.HELD
-            results.append(ClaimResult(key, outcome, None, unit))
-        return results
-
-    def commit_many(
-        self, backfill_id: str, commits: Sequence[tuple[str, int, dict[str, Any]]]
-    ) -> list[StaleTokenError | None]:
-        """Fenced commits: each accepted only if its token is still the key's current one."""
-        now = self.clock()
-        ordered = sorted(commits, key=lambda x: x[0])
-        stmt = (
-            update(units)
-            .where(units.c.run_key == bindparam("b_key"))
-            .where(units.c.token == bindparam("b_token"))
-            .where(units.c.state == UnitState.RUNNING.value)
-            .values(
-                state=UnitState.DONE.value,
-                committed_token=bindparam("b_token"),
-                committed_at=now,
-                committed_by=backfill_id,
-                holder=None,
-                lease_until=None,
-                last_error=None,
-                output=bindparam("b_output"),
-                updated_at=now,
-            )
-        )
-        params = [
-            {"b_key": k, "b_token": t, "b_output": json.dumps(o, sort_keys=True)}
-            for k, t, o in ordered
-        ]
-
-        def attempt(c: Connection) -> dict[str, Any]:
-            if params:
-                c.execute(stmt, params)
-            rows = {}
-            for chunk in _chunks([k for k, _, _ in ordered], 500):
-                for r in c.execute(
-                    select(
-                        units.c.run_key,
-                        units.c.token,
-                        units.c.state,
-                        units.c.holder,
-                        units.c.committed_token,
-                        units.c.committed_at,
-                        units.c.committed_by,
-                    ).where(units.c.run_key.in_(chunk))
-                ):
-                    rows[r.run_key] = r
-            accepted = [
-                (k, t)
-                for k, t, _ in ordered
-                if (r := rows.get(k)) is not None
-                and r.state == UnitState.DONE.value
-                and r.committed_token == t
-                and r.committed_at == now
-                and r.committed_by == backfill_id
-            ]
-            self._events(c, backfill_id, "COMMIT", accepted, now)
-            return {"rows": rows, "accepted": {k for k, _ in accepted}}
-
-        got = self._retry_tx(attempt)
-        out: list[StaleTokenError | None] = []
-        for key, token, _ in commits:
-            if key in got["accepted"]:
-                out.append(None)
-                continue
-            cur = got["rows"].get(key)
-            current = cur.token if cur else None
-            out.append(
-                StaleTokenError(
-                    f"commit of {key} with token {token} refused: current token is {current} "
-                    f"(state {cur.state if cur else 'unknown'}, "
-                    f"held by {cur.holder if cur else None})",
-                    run_key=key,
-                    token=token,
-                    current_token=current,
-                )
-            )
-        return out
-
-    def _events(
-        self, c: Connection, backfill_id: str, ev: str, items: Iterable[tuple[str, int]], now: float
-    ) -> None:
-        rows = [
-            {
-                "run_key": k,
-                "backfill_id": backfill_id,
-                "event": ev,
-                "token": t,
-                "at": now,
-                "detail": None,
-            }
-            for k, t in items
-        ]
-        if rows:
-            c.execute(insert(unit_events), rows)
-
-    def _retry_tx(self, fn: Callable[[Connection], Any], attempts: int = 5) -> Any:
-        """Run ``fn`` in a transaction; retry when the database reports a deadlock."""
-        for i in range(attempts):
-            try:
-                with self.tx() as c:
-                    return fn(c)
-            except OperationalError as e:
-                if i == attempts - 1 or not _is_transient(e):
-                    raise
-                time.sleep(0.01 * (2**i))
-        raise AssertionError("unreachable")
-
-    def commit(self, backfill_id: str, run_key: str, token: int, output: dict[str, Any]) -> None:
-        err = self.commit_many(backfill_id, [(run_key, token, output)])[0]
-        if err is not None:
-            raise err
-
-    def fail(self, backfill_id: str, run_key: str, token: int, error: str) -> bool:
-        return self._end_claim(backfill_id, run_key, token, UnitState.FAILED, "FAIL", error)
-
-    def release(self, backfill_id: str, run_key: str, token: int, why: str = "") -> bool:
-        return self._end_claim(backfill_id, run_key, token, UnitState.PENDING, "RELEASE", why)
-
-    def _end_claim(
-        self, backfill_id: str, run_key: str, token: int, dst: UnitState, ev: str, detail: str
-    ) -> bool:
-        now = self.clock()
-        values: dict[str, Any] = {
-            "state": dst.value,
-            "holder": None,
-            "lease_until": None,
-            "updated_at": now,
-        }
-        if detail:
-            values["last_error"] = detail
-        with self.tx() as c:
-            res = c.execute(
-                update(units)
-                .where(units.c.run_key == run_key)
-                .where(units.c.token == token)
-                .where(units.c.state == UnitState.RUNNING.value)
-                .values(**values)
-            )
-            if res.rowcount == 1:
-                self._event(c, run_key, backfill_id, ev, token, now, detail)
-            return res.rowcount == 1
-
-    def _release_all(self, c: Connection, backfill_id: str, now: float, why: str) -> None:
-        held = c.execute(
-            select(units.c.run_key, units.c.token)
-            .where(units.c.holder == backfill_id)
-            .where(units.c.state == UnitState.RUNNING.value)
-        ).all()
-        for key, token in held:
-            c.execute(
-                update(units)
-                .where(units.c.run_key == key)
-                .where(units.c.token == token)
-                .values(
-                    state=UnitState.PENDING.value, holder=None, lease_until=None, updated_at=now
-                )
-            )
-            self._event(c, key, backfill_id, "RELEASE", token, now, why)
-
-    def release_all(self, backfill_id: str, why: str) -> None:
-        with self.tx() as c:
-            self._release_all(c, backfill_id, self.clock(), why)
-
-    def set_progress(self, run_key: str, progress: dict[str, Any]) -> None:
-        with self.tx() as c:
-            c.execute(
-                update(units)
-                .where(units.c.run_key == run_key)
-                .values(progress=json.dumps(progress, sort_keys=True))
-            )
-
-    def events(
-        self, run_key: str | None = None, event_name: str | None = None
-    ) -> list[dict[str, Any]]:
-        q = select(unit_events).order_by(unit_events.c.id)
-        if run_key:
-            q = q.where(unit_events.c.run_key == run_key)
-        if event_name:
-            q = q.where(unit_events.c.event == event_name)
-        with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(q)]
-
-    def _event(
-        self,
-        c: Connection,
-        run_key: str,
-        backfill_id: str | None,
-        ev: str,
-        token: int | None,
-        now: float,
-        detail: str | None = None,
-    ) -> None:
-        c.execute(
-            insert(unit_events).values(
-                run_key=run_key,
-                backfill_id=backfill_id,
-                event=ev,
-                token=token,
-                at=now,
-                detail=detail,
-            )
-        )

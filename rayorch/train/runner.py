@@ -7,16 +7,18 @@ registered checkpoint, and the MLflow run is found again by tag.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from rayorch.backfill.plan import Unit
 from rayorch.data.outputs import read_manifests
 from rayorch.data.reader import read_validated
 from rayorch.errors import DataNotReadyError
 from rayorch.lineage.tracking import TAG_DATASET_DIGEST, Tracker, dataset_digest
+from rayorch.partitions import PartitionKey
+from rayorch.results import Trained, Yielded
 from rayorch.settings import Settings
 from rayorch.spec import PipelineSpec
 from rayorch.train.control import RunFiles
@@ -26,10 +28,20 @@ NODE_ID_LABEL = "ray.io/node-id"
 
 
 @dataclass(frozen=True, slots=True)
+class TrainTarget:
+    """What one training unit trains: its run key, as-of day and the feature partitions of
+    its window (the training layer's own type; the planner's ``Unit`` stays above)."""
+
+    run_key: str
+    day: dt.date
+    inputs: tuple[PartitionKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TrainRequest:
     spec: PipelineSpec
     settings: Settings
-    unit: Unit
+    unit: TrainTarget
     token: int
     generation: int  # commits of this unit so far; a re-run after DONE is a new generation
     env: Any = None  # rayorch.env.fingerprint.EnvContext: every worker fingerprints and guards
@@ -42,7 +54,7 @@ def train_run_name(run_key: str, generation: int) -> str:
     return f"{safe}-{digest}-g{generation}"
 
 
-def collect_inputs(spec: PipelineSpec, settings: Settings, unit: Unit) -> list[Any]:
+def collect_inputs(spec: PipelineSpec, settings: Settings, unit: TrainTarget) -> list[Any]:
     """Committed feature manifests of the window; refuse a window with missing partitions."""
     output_root = settings.resolve(spec.features.output)
     manifests, missing = read_manifests(output_root, unit.inputs)
@@ -66,10 +78,13 @@ def exclude_nodes_selector(nodes: list[str]) -> dict[str, str] | None:
     return {NODE_ID_LABEL: f"!in({','.join(sorted(nodes))})"} if nodes else None
 
 
-def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_train_unit(
+    req: TrainRequest, placement: dict[str, Any] | None = None
+) -> Trained | Yielded:
+    """Train (or resume) the unit. Registers nothing and leaves its MLflow run RUNNING: the
+    driver commits the result (fenced), then :func:`publish_trained` registers and ends it."""
     import ray.data
     import ray.train
-    import torch
     from ray.train.torch import TorchConfig, TorchTrainer
 
     spec, settings, unit = req.spec, req.settings, req.unit
@@ -193,42 +208,58 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
     training["excluded_nodes"] = excluded
     if status == "yielded":
         tracker.finish(run_id, "KILLED")
-        return {
-            "kind": "yielded",
-            "mlflow_run_id": run_id,
-            "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "training": training,
-        }
+        return Yielded(
+            run_id, result.checkpoint.path if result.checkpoint else None, training
+        )
     if result.checkpoint is None:
         tracker.finish(run_id, "FAILED")
         raise RuntimeError(f"{unit.run_key}: training produced no checkpoint")
-    files_.write_progress({**progress, "status": "finished"})
-    with result.checkpoint.as_directory() as d:
-        model = torch.load(os.path.join(d, MODEL_FILE), weights_only=False)
+    files_.write_progress({**progress, "status": "trained"})
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    version = None
-    artifact_digest = None
-    if spec.registry is not None:
-        version, artifact_digest = tracker.register_model(
-            run_id,
+    return Trained(
+        run_id,
+        result.checkpoint.path,
+        digest,
+        metrics,
+        tuple(m.partition for m in manifests),
+        training,
+        spec.registry.model_name if spec.registry else None,
+        files[0] if files else None,
+    )
+
+
+def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:
+    """After the fenced commit: register the model version (once per MLflow run) and end the
+    run FINISHED. Idempotent, so a resume rolls an interrupted publish forward."""
+    import ray.train
+    import torch
+
+    spec, settings = req.spec, req.settings
+    tracker = Tracker(settings.mlflow_uri, artifact_root=str(settings.home / "mlartifacts"))
+    extra: dict[str, Any] = {"model_version": None, "artifact_digest": None}
+    if spec.registry is not None and spec.train is not None:
+        ckpt = ray.train.Checkpoint(result.checkpoint)
+        with ckpt.as_directory() as d:
+            model = torch.load(os.path.join(d, MODEL_FILE), weights_only=False)
+        example = (
+            _input_example(result.sample_file, list(spec.train.feature_columns))
+            if result.sample_file
+            else None
+        )
+        version, digest = tracker.register_model(
+            result.mlflow_run_id,
             model,
             spec.registry.model_name,
-            {"rayorch.run_key": unit.run_key, TAG_DATASET_DIGEST: digest},
-            input_example=_input_example(files[0], list(tspec.feature_columns)),
+            {
+                "rayorch.run_key": req.unit.run_key,
+                "rayorch.token": str(req.token),
+                TAG_DATASET_DIGEST: result.dataset_digest,
+            },
+            input_example=example,
         )
-    tracker.finish(run_id)
-    return {
-        "kind": "trained",
-        "mlflow_run_id": run_id,
-        "model_name": spec.registry.model_name if spec.registry else None,
-        "model_version": version,
-        "artifact_digest": artifact_digest,
-        "dataset_digest": digest,
-        "metrics": metrics,
-        "checkpoint": result.checkpoint.path,
-        "inputs": [m.partition for m in manifests],
-        "training": training,
-    }
+        extra = {"model_version": version, "artifact_digest": digest}
+    tracker.finish(result.mlflow_run_id)
+    return extra
 
 
 def _input_example(path: str, columns: list[str]) -> Any:
