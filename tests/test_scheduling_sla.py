@@ -270,3 +270,70 @@ def test_changed_cluster_config_is_picked_up_or_refused(tmp_path):
     only_prod = ClusterSpec(namespaces={"prod": NamespaceQuota(gpus=16, cpus=32)})
     with pytest.raises(ConfigError, match="drops namespace"):
         c.reconfigure(only_prod)
+
+
+# --- plan --deadline-check and simulate --trace/--plot -------------------------------------
+class _Unit:
+    def __init__(self, i: int) -> None:
+        self.run_key, self.step, self.cpus, self.gpus, self.workers = (
+            f"p/train/{i}",
+            "train",
+            1,
+            8,
+            1,
+        )
+
+
+@pytest.mark.parametrize("policy,misses", [("rayorch", False), ("fifo", True)])
+def test_deadline_check_says_whether_and_by_how_much(policy, misses):
+    from rayorch.scheduling.admission import POLICIES
+    from rayorch.scheduling.deadline import deadline_check, render_deadline_check
+    from rayorch.scheduling.quota import load_cluster
+    from rayorch.scheduling.workload import load_workload
+
+    wl = load_workload("configs/workloads/fragmented-4x8.yaml")
+    c = deadline_check(
+        [_Unit(i) for i in range(40)],
+        load_cluster("configs/cluster.yaml"),
+        "backfill",
+        wl,
+        "fraud-daily-train",
+        {"train": 3 * 3600},
+        policy=POLICIES[policy],
+    )
+    assert c.misses is misses and c.finish_alone_min == pytest.approx(120.0)
+    assert (c.late_by_min > 60) is misses
+    assert ("MISS" in render_deadline_check(c)) is misses
+    with pytest.raises(ConfigError, match="no production job"):
+        deadline_check([], load_cluster("configs/cluster.yaml"), "backfill", wl, "nope")
+
+
+def test_simulate_cli_writes_trace_and_plot(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rayorch.cli.app import app
+
+    trace, png = tmp_path / "t.json", tmp_path / "o.png"
+    res = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--workload",
+            "configs/workloads/fraud-90d.yaml",
+            "--policies",
+            "rayorch",
+            "--trace",
+            str(trace),
+            "--plot",
+            str(png),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(trace.read_text())["policies"]["rayorch"]
+    reasons = {d["reason"] for d in doc["decisions"]}
+    assert {"FITS", "PREEMPTING"} <= reasons
+    assert all(d["detail"] for d in doc["decisions"])
+    assert doc["occupancy"] and png.read_bytes()[:4] == b"\x89PNG"

@@ -54,6 +54,10 @@ def _print_status(r: dict[str, Any]) -> None:
             f"  queued {q['workload_id']} ({q['shape']}, {q['priority']}): "
             f"{d.get('outcome', '?')} - {d.get('detail', '')}"
         )
+    for res in r.get("reservations", []):
+        where = ", ".join(f"{k[:12]}:{v}" for k, v in res["gpus_by_node"].items())
+        draining = ", ".join(res["draining"]) or "none (admitted next cycle)"
+        out.print(f"[bold]reserved[/] for {res['workload_id']}: {where} GPUs; draining: {draining}")
     for s in r["suggestions"]:
         out.print(f"[bold]suggestion:[/] {s['text']}")
 
@@ -152,3 +156,32 @@ def print_plan_check(check: Any) -> None:
     out.print(f"unit durations: {src}")
     if e["note"]:
         out.print(f"note: {e['note']}")
+
+
+def run_deadline_check(plan: Any, sched: Any, cluster: str | None, text: str | None) -> Any:
+    """`rayorch plan --deadline-check WORKLOAD.yaml:JOB`: the pure check on the plan's units,
+    with the namespace, priority and unit durations the plan check resolved."""
+    if not text:
+        return None
+    from rayorch.errors import ConfigError
+    from rayorch.scheduling.deadline import deadline_check
+    from rayorch.scheduling.quota import load_cluster
+    from rayorch.scheduling.workload import load_workload
+
+    path, sep, job = text.rpartition(":")
+    if not sep or not path or not job or cluster is None or sched is None:
+        raise ConfigError(
+            f"--deadline-check {text!r}: write WORKLOAD.yaml:JOB (e.g. "
+            "configs/workloads/fragmented-4x8.yaml:fraud-daily-train) and pass --cluster",
+            field="deadline-check",
+            value=text,
+        )
+    return deadline_check(
+        plan.units,
+        load_cluster(cluster),
+        sched.namespace,
+        load_workload(path),
+        job,
+        sched.durations_s,
+        sched.priority,
+    )

@@ -15,23 +15,31 @@ def simulate(
     policies: str = typer.Option(
         "rayorch,first-fit,fifo", "--policies", help="Comma list of: rayorch, first-fit, fifo."
     ),
+    trace: str | None = typer.Option(
+        None, "--trace", help="Write every decision (with its reason) per policy to this JSON."
+    ),
+    plot: str | None = typer.Option(
+        None, "--plot", help="Draw GPU occupancy per node over time (first policy) to this PNG."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Utilization, stranded GPUs, production wait and deadline misses, side by side."""
     from rayorch.scheduling.admission import POLICIES
     from rayorch.scheduling.quota import load_cluster
     from rayorch.scheduling.simulator import simulate as run
-    from rayorch.scheduling.workload import expand, load_workload
+    from rayorch.scheduling.workload import expand, load_workload, node_shapes
 
     with cli_errors(as_json):
         spec = load_cluster(cluster)
-        if not spec.nodes:
+        wl = load_workload(workload)
+        shapes = node_shapes(wl, spec)
+        if not shapes:
             raise ConfigError(
-                f"{cluster}: `nodes:` is empty; the simulator needs an inventory",
+                f"{cluster}: `nodes:` is empty and {workload} declares none; the simulator "
+                "needs an inventory",
                 file=cluster,
                 field="nodes",
             )
-        wl = load_workload(workload)
         names = [p.strip() for p in policies.split(",") if p.strip()]
         for n in names:
             if n not in POLICIES:
@@ -43,14 +51,37 @@ def simulate(
         results = [
             run(
                 spec,
-                spec.node_shapes(),
+                shapes,
                 jobs,
                 POLICIES[n],
                 wl.yield_latency_s,
                 wl.resume_overhead_s,
+                trace=bool(trace or plot),
             )
             for n in names
         ]
+        files: dict[str, str] = {}
+        if trace:
+            import json
+            from pathlib import Path
+
+            Path(trace).write_text(
+                json.dumps(
+                    {
+                        "workload": wl.name,
+                        "policies": {
+                            r.policy: {"decisions": r.trace, "occupancy": r.occupancy}
+                            for r in results
+                        },
+                    },
+                    default=str,
+                )
+            )
+            files["trace"] = trace
+        if plot:
+            from rayorch.scheduling.plot import plot_occupancy
+
+            files["plot"] = plot_occupancy(results[0], [s.gpus for s in shapes], plot)
         if as_json:
             emit_json(
                 {
@@ -58,12 +89,13 @@ def simulate(
                     "workload": wl.name,
                     "jobs": len(jobs),
                     "results": [r.to_dict() for r in results],
+                    "files": files,
                 }
             )
             return
         table = Table(
             title=f"simulate {wl.name}: {len(jobs)} jobs on "
-            f"{', '.join(f'{p.count}x {p.shape}' for p in spec.nodes)}"
+            f"{len(shapes)} nodes ({', '.join(sorted({str(s) for s in shapes}))})"
         )
         table.add_column("metric")
         for r in results:
@@ -77,6 +109,14 @@ def simulate(
             ("production deadline misses", lambda r: f"{r.deadline_misses}/{r.production_jobs}"),
             ("preemptions (checkpointed)", lambda r: str(r.preemptions)),
             (
+                "preemptions per production job (max)",
+                lambda r: str(r.preemptions_per_production_max),
+            ),
+            (
+                "most preemptions of one unit in an hour",
+                lambda r: str(r.max_preemptions_per_unit_hour),
+            ),
+            (
                 "backfill done after (h)",
                 lambda r: f"{r.backfill_done_h:.1f}" if r.backfill_done_h else "-",
             ),
@@ -85,3 +125,5 @@ def simulate(
         for label, fmt in rows:
             table.add_row(label, *(fmt(r) for r in results))
         out.print(table)
+        for k, v in files.items():
+            out.print(f"{k}: {v}")

@@ -25,6 +25,7 @@ Driver-side use (see :func:`admit_and_wait`)::
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import replace
@@ -235,6 +236,7 @@ class SchedulerController:
         report = fragmentation_report(snap, queued)
         borrowed = snap.borrowed_ids()
         report["policy"] = self._policy.name
+        report["pid"] = os.getpid()
         report["cycles"] = self._cycles
         report["running"] = [
             {
