@@ -107,6 +107,7 @@ class JobPlan:
             "worker_groups": [g.to_dict() for g in self.groups],
             "termination_grace_period_s": self.grace_period_s,
             "local_queue": self.local_queue,
+            "config_fingerprint": self.config_fingerprint,
         }
 
 
@@ -270,7 +271,6 @@ def _metadata(plan: JobPlan, name: str) -> dict[str, Any]:
         },
         "annotations": {
             ANNOTATION_PREFIX + "backfill-params": json.dumps(ident.params, sort_keys=True),
-            ANNOTATION_PREFIX + "config-fingerprint": plan.config_fingerprint,
             GRACE_ANNOTATION: str(plan.min_grace_s),
             ANNOTATION_PREFIX + "params-hash": ident.params_hash,
             ANNOTATION_PREFIX + "pipeline": plan.pipeline,

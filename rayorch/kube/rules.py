@@ -47,6 +47,7 @@ from rayorch.scheduling.quota import ClusterSpec, PriorityClass
 
 #: Kueue's ``jobframework.MaxPodSets``.
 MAX_POD_SETS = 18
+_MODES = ("K8sJobMode", "HTTPMode", "SidecarMode", "InteractiveMode")
 _CLUSTER_SCOPED = {"ClusterQueue", "ResourceFlavor", "WorkloadPriorityClass", "Topology", "Cohort"}
 _SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY$|DB_URL|TRACKING_URI|CREDENTIAL)", re.I)
 _USERINFO = re.compile(r"://[^/@\s]+:[^/@\s]+@")
@@ -336,6 +337,15 @@ def check_rayjob(obj: dict[str, Any], ref: str, policy: ClusterSpec | None) -> l
     if isinstance(backoff, int) and backoff < 0:
         out.append(_v(ref, "spec.backoffLimit", "kuberay: backoffLimit", "must be >= 0"))
     mode = spec.get("submissionMode", "K8sJobMode")
+    if mode not in _MODES:
+        out.append(
+            _v(
+                ref,
+                "spec.submissionMode",
+                "kuberay: submissionMode",
+                f"{mode!r} is not one of {', '.join(_MODES)}",
+            )
+        )
     if mode == "InteractiveMode" and isinstance(backoff, int) and backoff > 0:
         out.append(
             _v(
