@@ -182,7 +182,6 @@ def main() -> int:
         print(json.dumps(doc, indent=2, default=str))
     else:
         print(f"workload {wl.name}: {len(jobs)} jobs on {', '.join(doc['nodes'])}")
-        print(f"{'metric':40s}" + "".join(f"{n:>12s}" for n in sims))
         rows = [
             ("GPU utilization while queued", lambda s: f"{s.util_while_queued:.1%}"),
             ("stranded GPUs per node (mean)", lambda s: f"{s.stranded_gpus_mean:.3f}"),
