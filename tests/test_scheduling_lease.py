@@ -146,10 +146,11 @@ def main() -> dict:
         ray.kill(sched, no_restart=False)
         deadline = time.monotonic() + 60
         st = None
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # ray.kill is asynchronous: wait for the new process
             with contextlib.suppress(Exception):
                 st = ray.get(sched.status.remote(), timeout=10)
-                break
+                if st["pid"] != pid:
+                    break
             time.sleep(0.2)
         pid2 = st["pid"]
         found = ray.get(sched.placement_group.remote("prod-1"))
