@@ -15,6 +15,7 @@ from rayorch.api import open_ledger, plan_with_status, run_backfill
 from rayorch.backfill.driver import BackfillSummary, OnConflict
 from rayorch.backfill.plan import Unit
 from rayorch.backfill.summary import EXIT_CODES
+from rayorch.cli import views
 from rayorch.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -27,7 +28,9 @@ from rayorch.cli.common import (
 )
 from rayorch.errors import ConfigError
 from rayorch.ledger.states import BackfillState, Reprocess
+from rayorch.ui.reader import ReadModel
 
+AllOpt = typer.Option(False, "--all", help="Print every unit (default: a summary).")
 StepsOpt = typer.Option(None, "--steps", help="Comma list of steps: features,train (default both).")
 ReprocessOpt = typer.Option(
     Reprocess.MISSING,
@@ -60,6 +63,7 @@ def plan_cmd(
     durations: str | None = typer.Option(
         None, "--durations", help="Seconds per unit, e.g. features=60,train=1800 (with --cluster)."
     ),
+    show_all: bool = AllOpt,
     deadline: str | None = typer.Option(
         None,
         "--deadline-check",
@@ -89,14 +93,22 @@ def plan_cmd(
             if (sched is not None and sched.rejected) or (dl is not None and dl.misses):
                 raise typer.Exit(1)
             return
-        table = Table(title=f"plan: {plan.pipeline} {plan.start} .. {plan.end}")
-        for col in ("step", "partition", "run key", "status", "detail"):
-            table.add_column(col, overflow="fold")
-        for a in annotated:
-            table.add_row(
-                a.unit.step.value, str(a.unit.partition), a.unit.run_key, a.status.value, a.detail
-            )
-        out.print(table)
+        if show_all is not True:  # called as a function (backfill --dry-run): OptionInfo
+            out.print(f"plan: {plan.pipeline} {plan.start} .. {plan.end}", style="bold")
+            out.print(views.plan_summary(annotated, out.width))
+        else:
+            table = Table(title=f"plan: {plan.pipeline} {plan.start} .. {plan.end}")
+            for col in ("step", "partition", "run key", "status", "detail"):
+                table.add_column(col, overflow="fold")
+            for a in annotated:
+                table.add_row(
+                    a.unit.step.value,
+                    str(a.unit.partition),
+                    a.unit.run_key,
+                    a.status.value,
+                    a.detail,
+                )
+            out.print(table)
         counts = _count(a.status.value for a in annotated)
         out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         if sched is not None:
@@ -361,6 +373,7 @@ def status_cmd(
     pipeline: str | None = typer.Option(None, "--pipeline", help="Only this pipeline."),
     limit: int = typer.Option(20, help="Backfills to list."),
     as_json: bool = JsonOpt,
+    show_all: bool = AllOpt,
 ) -> None:
     """Backfills and their unit counts by state (or one backfill's units)."""
     with cli_errors(as_json):
@@ -385,6 +398,9 @@ def status_cmd(
             data = {"backfill": _bf_dict(bf, ledger.unit_counts(bf.id)), "units": units}
             if as_json:
                 emit_json(data)
+                return
+            if show_all is not True:
+                out.print(views.backfill_summary(ReadModel(ledger).backfill(bf.id), out.width))
                 return
             table = Table(title=f"backfill {bf.id} ({bf.state.value})")
             for col in ("run key", "state", "token", "attempts", "committed", "error/progress"):
