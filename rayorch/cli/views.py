@@ -78,8 +78,11 @@ def key_date_grid(
     lines: list[Text] = []
     for b in range(0, len(ordered), per_block):
         block = ordered[b : b + per_block]
+        span = f"{block[0]} .. {block[-1]}" if len(block) > 1 else block[0]
+        if label_w + 1 + len(span) > width:
+            span = f"{block[0][5:]}..{block[-1][5:]}"
         head = Text(" " * (label_w + 1))
-        head.append(f"{block[0]} .. {block[-1]}" if len(block) > 1 else block[0], style="dim")
+        head.append(span[: max(0, width - label_w - 1)], style="dim")
         lines.append(head)
         for row in sorted(grid):
             line = Text(row[:label_w].ljust(label_w) + " ")
