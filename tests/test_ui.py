@@ -119,13 +119,16 @@ def test_eta(created, now, finished, total, want):
     assert eta_seconds(created, now, finished, total) == want
 
 
-def test_stale_keys_compare_the_producing_config():
+def test_stale_keys_compare_the_producing_version():
+    v = {"config": "c1", "code": "k1", "env": "e1"}
     rows = [
-        row(UnitState.DONE, run_key="a", version={"config": "old"}),
-        row(UnitState.DONE, run_key="b", version={"config": "cur"}),
-        row(UnitState.DONE, run_key="c"),
+        row(UnitState.DONE, run_key="a", version={**v, "code": "k0"}),
+        row(UnitState.DONE, run_key="b", version=v),
+        row(UnitState.DONE, run_key="c"),  # no record: unknown, not stale
+        row(UnitState.FAILED, run_key="d", version={**v, "env": "e0"}),
     ]
-    assert stale_keys(rows, "cur") == {"a"}
+    assert stale_keys(rows, {"features": v}) == {"a"}
+    assert stale_keys(rows, None) == frozenset()
 
 
 def test_chart_has_one_line_per_series_and_handles_empty():

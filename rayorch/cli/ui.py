@@ -21,7 +21,7 @@ def ui(
     configs: list[str] = typer.Option(
         ["configs"],
         "--configs",
-        help="Pipeline YAML files or folders: what retry/reprocess run (repeatable).",
+        help="Pipeline YAML files or folders (repeatable): for retry/reprocess and stale units.",
     ),
     mlflow_url: str | None = typer.Option(
         None, "--mlflow-url", help="An MLflow UI to link runs to, e.g. http://127.0.0.1:5000."
@@ -43,7 +43,7 @@ def ui(
         cfg = UIConfig(
             settings,
             allow_actions=allow_actions,
-            configs=discover_configs(configs) if allow_actions else {},
+            configs=discover_configs(configs),
             mlflow_url=mlflow_url,
             ray_address=ray_address,
             refresh_s=refresh_s,

@@ -30,7 +30,7 @@ from rayorch.settings import Settings, load_settings
 from rayorch.ui import actions as act
 from rayorch.ui.charts import line_chart
 from rayorch.ui.model import CELL_ORDER, CellState, build_grid, fmt_duration, fmt_ts
-from rayorch.ui.reader import ReadModel
+from rayorch.ui.reader import ReadModel, VersionsFn
 
 HERE = Path(__file__).parent
 
@@ -63,7 +63,7 @@ def _templates() -> Environment:
 def create_app(config: UIConfig | None = None) -> FastAPI:
     cfg = config or UIConfig(load_settings())
     ledger = Ledger(cfg.settings.db_url)
-    model = ReadModel(ledger)
+    model = ReadModel(ledger, versions=_versions_provider(cfg))
     csrf = secrets.token_urlsafe(32)
     tpl = _templates()
 
@@ -255,6 +255,31 @@ def create_app(config: UIConfig | None = None) -> FastAPI:
         return page("action_done.html", request, plan=plan, result=result)
 
     return app
+
+
+def _versions_provider(cfg: UIConfig, ttl_s: float = 30.0) -> VersionsFn:
+    """Current step versions of the pipelines whose config the UI knows (for "stale"),
+    recomputed at most every ``ttl_s`` (hashing entrypoint sources is not free)."""
+    cache: dict[str, tuple[float, Any]] = {}
+
+    def get(pipeline: str) -> Any:
+        path = cfg.configs.get(pipeline)
+        if path is None:
+            return None
+        hit = cache.get(pipeline)
+        if hit is not None and time.monotonic() - hit[0] < ttl_s:
+            return hit[1]
+        from rayorch.api import current_versions
+        from rayorch.spec import load_pipeline
+
+        try:
+            versions: Any = current_versions(load_pipeline(path), cfg.settings)
+        except RayorchError:
+            versions = None  # a config that no longer loads: nothing is called stale
+        cache[pipeline] = (time.monotonic(), versions)
+        return versions
+
+    return get
 
 
 def _planned_keys(draft: act.ActionPlan, config: str | None) -> list[str]:

@@ -93,14 +93,23 @@ def classify(
     return CellState.PENDING
 
 
-def stale_keys(rows: Iterable[UnitRow], config_fingerprint: str) -> frozenset[str]:
-    """Done units whose recorded producing version names another pipeline config."""
-    out = set()
-    for r in rows:
-        built = (getattr(r, "version", None) or {}).get("config")
-        if r.state is UnitState.DONE and built and built != config_fingerprint:
-            out.add(r.run_key)
-    return frozenset(out)
+def stale_keys(
+    rows: Iterable[UnitRow], current: Mapping[str, Mapping[str, str]] | None
+) -> frozenset[str]:
+    """Done units whose recorded producing version (config, code, env) differs from what a
+    commit of their step would record now (``rayorch.api.current_versions``). Without the
+    current versions (the UI does not know the pipeline's config) nothing is stale."""
+    if not current:
+        return frozenset()
+    from rayorch.backfill.versions import changed_parts
+
+    return frozenset(
+        r.run_key
+        for r in rows
+        if r.state is UnitState.DONE
+        and r.step in current
+        and changed_parts(getattr(r, "version", None), current[r.step])
+    )
 
 
 def split_partition(partition: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ writes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,9 @@ from rayorch.ui.model import (
     steps_of,
     unit_view,
 )
+
+#: pipeline name -> what a commit of each step would record now (None: unknown, nothing stale)
+VersionsFn = Callable[[str], "Mapping[str, Mapping[str, str]] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +69,15 @@ class UnitDetail:
 class ReadModel:
     """Read-only queries the UI needs, over one :class:`Ledger`."""
 
-    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        clock: Callable[[], float] = time.time,
+        versions: VersionsFn | None = None,
+    ) -> None:
         self.ledger = ledger
         self.clock = clock
+        self.versions = versions or (lambda pipeline: None)
 
     def list_backfills(self, pipeline: str | None = None, limit: int = 50) -> list[BackfillView]:
         now = self.clock()
@@ -84,7 +93,7 @@ class ReadModel:
         rows = self.ledger.get_units(keys)
         now = self.clock()
         blocked = blocked_keys(bf)
-        stale = stale_keys(rows.values(), bf.config_fingerprint)
+        stale = stale_keys(rows.values(), self.versions(bf.pipeline))
         units = tuple(
             unit_view(r, classify(r, bf.id, now, blocked, stale))
             for k in keys
@@ -105,7 +114,7 @@ class ReadModel:
         viewer = backfill_id or row.holder or row.committed_by or ""
         if backfill_id:
             bf = self.ledger.get_backfill(backfill_id)
-            blocked, stale = blocked_keys(bf), stale_keys([row], bf.config_fingerprint)
+            blocked, stale = blocked_keys(bf), stale_keys([row], self.versions(bf.pipeline))
         view = unit_view(row, classify(row, viewer, self.clock(), blocked, stale))
         events = tuple(
             {
