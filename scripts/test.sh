@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c constraints.txt -e ".[train,test]"
+# Headless Chromium (Debian packages) for the UI browser tests, tests/test_ui_browser.py.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null \
+    || echo "warning: could not install chromium; the UI browser tests will fail" >&2
+fi
 export RAY_AUTH_MODE=disabled
 unset RAY_ADDRESS
 python -m ruff check rayorch tests benchmarks
