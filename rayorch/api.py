@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +192,68 @@ def _ray_job_id(settings: Settings) -> str | None:
         return None
 
 
+def simulate_policies(
+    cluster: str | Path,
+    workload: str | Path,
+    policies: Sequence[str] = ("rayorch", "first-fit", "fifo"),
+    *,
+    trace: bool = False,
+) -> list[Any]:
+    """`rayorch simulate` as a function: one SimResult per admission policy, same jobs."""
+    from rayorch.scheduling.admission import POLICIES
+    from rayorch.scheduling.quota import load_cluster
+    from rayorch.scheduling.simulator import simulate
+    from rayorch.scheduling.workload import expand, load_workload, node_shapes
+
+    spec, wl = load_cluster(cluster), load_workload(workload)
+    shapes, jobs = node_shapes(wl, spec), expand(wl)
+    return [
+        simulate(
+            spec,
+            shapes,
+            jobs,
+            POLICIES[p],
+            wl.yield_latency_s,
+            wl.resume_overhead_s,
+            trace=trace,
+        )
+        for p in policies
+    ]
+
+
+def env_diff(run_a: str, run_b: str, settings: Settings | None = None) -> Any:
+    """`rayorch env diff` as a function: what changed in the environment from RUN_A to RUN_B."""
+    import json
+
+    from rayorch.env.diff import diff_fingerprints
+    from rayorch.env.errors import FingerprintMissingError
+    from rayorch.env.fingerprint import Fingerprint
+    from rayorch.env.worker import FINGERPRINT_ARTIFACT
+    from rayorch.lineage.reproduce import tracker_for
+
+    tracker = tracker_for(settings or load_settings())
+
+    def load(run_id: str) -> Fingerprint:
+        text = tracker.read_artifact(run_id, FINGERPRINT_ARTIFACT)
+        if text is None:
+            raise FingerprintMissingError(
+                f"run {run_id} has no {FINGERPRINT_ARTIFACT} at {tracker.uri}: not a rayorch "
+                "training unit, or MLFLOW_TRACKING_URI points elsewhere",
+                run_id=run_id,
+            )
+        return Fingerprint.from_dict(json.loads(text))
+
+    return diff_fingerprints(load(run_a), load(run_b))
+
+
 __all__ = [
     "Step",
     "current_versions",
+    "env_diff",
     "generate_data",
     "open_ledger",
     "plan_backfill",
     "plan_with_status",
     "run_backfill",
+    "simulate_policies",
 ]
