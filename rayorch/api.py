@@ -152,7 +152,7 @@ def run_backfill(
 
             gate = SchedulerGate(*gate_args)
         from rayorch.backfill.versions import stale_units
-        from rayorch.ledger.owners import current_owner
+        from rayorch.ledger.liveness import current_owner
 
         versions = current_versions(spec, st)
         rerun: frozenset[str] = frozenset()

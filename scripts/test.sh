@@ -11,4 +11,5 @@ fi
 export RAY_AUTH_MODE=disabled
 unset RAY_ADDRESS
 python -m ruff check rayorch tests benchmarks
+lint-imports   # the layer contracts in pyproject.toml ([tool.importlinter])
 python -m pytest -q -p no:cacheprovider "$@"

@@ -107,7 +107,7 @@ class ScriptedExecutor:
             self.on_wait(self)
         out = []
         for h in handles:
-            unit, token, outcome = self._running[h]
+            _unit, _token, outcome = self._running[h]
             if isinstance(outcome, str) and outcome == "hang":
                 continue
             out.append((h, outcome))

@@ -122,7 +122,9 @@ def test_reused_pid_is_not_alive(world):
     plan = make_plan(["SF"])
     first = procs.start(10, started_at=100.0)
     with pytest.raises(Crash):
-        driver(plan, ledger, ScriptedExecutor(clock), clock, first, crash=crash_at("after_claim")).run()
+        driver(
+            plan, ledger, ScriptedExecutor(clock), clock, first, crash=crash_at("after_claim")
+        ).run()
     procs.kill(first)
     procs.start(10, started_at=555.0)  # another process got the same pid
     s = driver(plan, ledger, ScriptedExecutor(clock), clock, procs.start(12)).run()
@@ -229,7 +231,9 @@ def test_losing_the_lease_is_loud_and_stops_the_driver(tmp_path, caplog):
         s = driver(plan, ledger, ex, clock, procs.start(60), max_concurrency=1).run()
     assert s.state is BackfillState.INCOMPLETE and s.exit_code == 4
     assert "lost its lease" in s.to_dict()["not_done"][0]["why"] or "heartbeat" in str(s.to_dict())
-    assert any("heartbeat failed" in r.message and "server closed" in r.message for r in caplog.records)
+    assert any(
+        "heartbeat failed" in r.message and "server closed" in r.message for r in caplog.records
+    )
     assert ex.cancelled == [plan.units[0].run_key]
     assert commits(ledger) == []
 
@@ -266,15 +270,21 @@ def test_pending_data_is_waited_for_then_committed(world):
     clock, procs, ledger = world
     plan = make_plan(["SF"])
     key = plan.units[0].run_key
-    pending = NotReady({"status": "PENDING", "partition": "city=SF", "reasons": [{"message": "18/24 hours"}]})
+    pending = NotReady(
+        {"status": "PENDING", "partition": "city=SF", "reasons": [{"message": "18/24 hours"}]}
+    )
     ex = ScriptedExecutor(clock, {(key, 1): pending})
     s = driver(plan, ledger, ex, clock, procs.start(90), sensor_wait_timeout_s=600,
                sensor_poll_s=60).run()  # fmt: skip
     assert s.ok and [k for k, _ in ex.submitted] == [key, key]  # same claim, re-run
-    rejected = NotReady({"status": "REJECTED", "partition": "city=SF", "reasons": [{"message": "schema"}]})
+    rejected = NotReady(
+        {"status": "REJECTED", "partition": "city=SF", "reasons": [{"message": "schema"}]}
+    )
     plan2 = make_plan(["NYC"])
     k2 = plan2.units[0].run_key
-    s2 = driver(plan2, ledger, ScriptedExecutor(clock, {(k2, 1): rejected}), clock, procs.start(91)).run()
+    s2 = driver(
+        plan2, ledger, ScriptedExecutor(clock, {(k2, 1): rejected}), clock, procs.start(91)
+    ).run()
     assert s2.state is BackfillState.FAILED and "REJECTED" in s2.errors[k2]
     assert ledger.get_units([k2])[k2].state is UnitState.PENDING  # a re-run picks it up
 

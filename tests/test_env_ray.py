@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from rayorch.api import generate_data, open_ledger, run_backfill
-from rayorch.backfill.driver import Outcome
 from rayorch.backfill.executor import RayExecutor
+from rayorch.backfill.machine import Phase
 from rayorch.data.layout import read_committed_manifest
 from rayorch.env.store import EnvStore
 from rayorch.ledger.states import UnitState
@@ -38,9 +38,9 @@ class _NodeWithAnotherEnv:
     def __init__(self, a: RayExecutor, b: RayExecutor) -> None:
         self.a, self.b, self.n = a, b, 0
 
-    def submit(self, unit: Any, token: int, generation: int) -> Any:
+    def submit(self, unit: Any, token: int, generation: int, placement: Any = None) -> Any:
         self.n += 1
-        return (self.a if self.n == 1 else self.b).submit(unit, token, generation)
+        return (self.a if self.n == 1 else self.b).submit(unit, token, generation, placement)
 
     def __getattr__(self, name: str) -> Any:  # publish, reconcile, ...: the first executor's
         return getattr(self.a, name)
@@ -56,8 +56,8 @@ def test_drift_mid_backfill_fails_unit_with_diff_and_commits_nothing(
     ex = _NodeWithAnotherEnv(RayExecutor(spec_a, settings), RayExecutor(spec_b, settings))
     s = run_backfill(spec_a, DAY, DAY, keys, settings=settings, executor=ex, max_concurrency=1)
 
-    done = [k for k, o in s.outcomes.items() if o is Outcome.DONE]
-    failed = [k for k, o in s.outcomes.items() if o is Outcome.FAILED]
+    done = [k for k, o in s.phases.items() if o is Phase.DONE]
+    failed = [k for k, o in s.phases.items() if o is Phase.FAILED]
     assert len(done) == 1 and len(failed) == 1, s.to_dict()
     err = s.errors[failed[0]]
     assert "EnvironmentDriftError" in err and "$RAYORCH_T_MODE a → b" in err
@@ -73,7 +73,7 @@ def test_drift_mid_backfill_fails_unit_with_diff_and_commits_nothing(
     ledger.close()
 
     # The good unit's result carries the worker's fingerprint, captured in a Ray worker.
-    env = s.results[done[0]]["environment"]
+    env = s.outputs[done[0]]["environment"]
     assert env["worker"] == "task" and env["pid"] != os.getpid()
     store = EnvStore(settings.db_url)
     caps = store.captures(backfill_id=s.backfill_id)
@@ -89,7 +89,7 @@ def test_same_environment_backfill_passes_guard(ray_session, tmp_path, settings)
     generate_data(spec, DAY, DAY, settings=settings)
     s = run_backfill(spec, DAY, DAY, settings=settings)
     assert s.counts()["done"] == 3, s.to_dict()
-    digests = {r["environment"]["digest"] for r in s.results.values()}
+    digests = {r["environment"]["digest"] for r in s.outputs.values()}
     assert len(digests) == 1
     store = EnvStore(settings.db_url)
     assert {c["digest"] for c in store.captures(backfill_id=s.backfill_id)} == digests
@@ -105,7 +105,7 @@ def test_lockfile_hash_recorded_in_workers(ray_session, tmp_path, settings, monk
     spec = parse_pipeline(data)
     generate_data(spec, DAY, DAY, {"city": ["SF"]}, settings=settings)
     s = run_backfill(spec, DAY, DAY, {"city": ["SF"]}, settings=settings)
-    (res,) = s.results.values()
+    (res,) = s.outputs.values()
     store = EnvStore(settings.db_url)
     fp = store.fingerprint(res["environment"]["digest"])
     store.close()

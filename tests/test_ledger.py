@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 
 import pytest
-
 from sqlalchemy import create_engine, text
 
 from rayorch.errors import (
@@ -131,7 +130,7 @@ def test_lease_is_the_stored_one_on_the_database_clock(tmp_path):
     led = Ledger(f"sqlite:///{tmp_path / 'l.db'}", observe=lambda o: Observation("x"))
     a, _ = led.start_backfill("p", {"x": 1}, "fp", UNITS, lease_s=300, owner=OwnerInfo("h", 1, 1))
     b, _ = led.start_backfill("p", {"x": 2}, "fp", UNITS, lease_s=1, owner=OwnerInfo("h", 2, 1))
-    [ca] = led.claim_many(a.ownership, KEYS[:1])
+    [_ca] = led.claim_many(a.ownership, KEYS[:1])
     row = led.get_units(KEYS[:1])[KEYS[0]]
     assert 299 < row.lease_until - led.now() <= 300
     [cb] = led.claim_many(b.ownership, KEYS[:1])
@@ -182,7 +181,7 @@ def _first_use(url: str, barrier, out) -> None:
     barrier.wait()
     try:
         led = Ledger(url)
-        bf, _ = led.start_backfill("p", {"pid": __import__("os").getpid()}, "fp", UNITS)
+        _bf, _ = led.start_backfill("p", {"pid": __import__("os").getpid()}, "fp", UNITS)
         led.close()
         out.put("ok")
     except Exception as e:  # the failure is the test's message

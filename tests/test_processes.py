@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from rayorch.data.outputs import read_manifests
 from rayorch.ledger.store import Ledger
@@ -146,83 +147,139 @@ def test_concurrent_overlapping_backfills(backend, cluster_env, home, tmp_path, 
     _assert_exactly_once(spec, home, db_url, days)
 
 
-POINTS = ["after_claim", "after_stage", "after_commit:2", "external_kill_during_work"]
+POINTS = ["after_stage", "after_commit:2", "kill_process_group", "kill_process_group_pg"]
 
 
-def test_sigkill_at_named_points_then_resume(cluster_env, home, tmp_path):
+def _wait_for_commit(db_url: str, n: int = 1, timeout: float = 120) -> None:
+    led = Ledger(db_url)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(led.events(event_name="COMMIT")) >= n:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no {n} commit(s) within {timeout}s")
+    finally:
+        led.close()
+
+
+def test_sigkill_then_the_same_command_at_once_completes(cluster_env, home, tmp_path, request):
+    """Killed at a named point or as a whole process group (a pod eviction, `kill -9`), the
+    same command run again right away takes the dead driver over and exits 0 - the default
+    lease never has to run out."""
     cfg = small_config(tmp_path, params={"sleep_s": 0.3})
     spec = load_pipeline(cfg)
     days = ["2026-10-01", "2026-10-02"]
-    args = [
-        "backfill",
-        "-c",
-        str(cfg),
-        "--start",
-        days[0],
-        "--end",
-        days[1],
-        "--lease-seconds",
-        "2",
-        "--max-concurrency",
-        "2",
-        "--json",
-    ]
-    # the clean reference run, in its own home
+    args = ["backfill", "-c", str(cfg), "--start", days[0], "--end", days[1]]
+    args += ["--max-concurrency", "2", "--json"]
+    gen = ["data", "generate", "-c", str(cfg), "--start", days[0], "--end", days[1]]
     clean_env = {**cluster_env, "RAYORCH_HOME": str(tmp_path / "clean")}
-    run_cli(
-        "data",
-        "generate",
-        "-c",
-        str(cfg),
-        "--start",
-        days[0],
-        "--end",
-        days[1],
-        env=clean_env,
-        check=True,
-    )
+    run_cli(*gen, env=clean_env, check=True)
     run_cli(*args, env=clean_env, check=True)
     reference = _partition_digests(spec, tmp_path / "clean", days)
     for point in POINTS:
         h = tmp_path / point.replace(":", "_")
         env = {**cluster_env, "RAYORCH_HOME": str(h)}
-        run_cli(
-            "data",
-            "generate",
-            "-c",
-            str(cfg),
-            "--start",
-            days[0],
-            "--end",
-            days[1],
-            env=env,
-            check=True,
-        )
-        if point.startswith("external"):
-            p = _cli_proc(args, env)
-            led = Ledger(f"sqlite:///{h / 'ledger.db'}")
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                bfs = led.list_backfills()
-                if bfs and led.unit_counts(bfs[0].id)["DONE"] >= 1:
-                    break
-                time.sleep(0.2)
-            p.send_signal(signal.SIGKILL)
+        db_url = f"sqlite:///{h / 'ledger.db'}"
+        if point.endswith("_pg"):
+            db_url = request.getfixturevalue("pg_ledger_url")
+            env["RAYORCH_DB_URL"] = db_url
+        run_cli(*gen, env=env, check=True)
+        if point.startswith("kill_process_group"):
+            p = subprocess.Popen(
+                [sys.executable, "-m", "rayorch.cli.app", *args],
+                cwd=REPO,
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            _wait_for_commit(db_url)
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=30)
-            led.close()
         else:
             proc = run_cli(*args, env={**env, "RAYORCH_CRASH_AT": point})
             assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
-        time.sleep(2.5)  # the dead driver's lease and heartbeat expire
-        proc = run_cli(*args, env=env)
+        proc = run_cli(*args, env=env)  # at once: no lease wait
         assert proc.returncode == 0, (point, proc.stderr[-2000:])
         summary = json_out(proc)
-        assert summary["resumed"] is True, point
+        assert summary["resumed"] is True and summary["took_over_from"], point
+        assert summary["state"] == "SUCCEEDED" and summary["not_done"] == [], point
         assert summary["counts"]["failed"] == 0
         assert _partition_digests(spec, h, days) == reference, point
-        _assert_exactly_once(spec, h, f"sqlite:///{h / 'ledger.db'}", days)
+        _assert_exactly_once(spec, h, db_url, days)
         if point == "after_commit:2":
             assert summary["reconciled"], "the committed-but-unpublished unit was rolled forward"
+
+
+def test_a_concurrent_driver_that_skips_is_not_success(cluster_env, tmp_path):
+    """A second driver of the same command with --on-conflict skip while the first runs:
+    it exits 4 (INCOMPLETE) and names the holder; the first completes with exit 0."""
+    cfg = small_config(tmp_path, params={"sleep_s": 1.0})
+    env = cluster_env
+    days = ["2026-10-01", "2026-10-01"]
+    run_cli("data", "generate", "-c", str(cfg), "--start", days[0], "--end", days[1], env=env,
+            check=True)  # fmt: skip
+    args = ["backfill", "-c", str(cfg), "--start", days[0], "--end", days[1], "--json"]
+    first = _cli_proc([*args, "--max-concurrency", "3"], env)
+    db_url = f"sqlite:///{env['RAYORCH_HOME']}/ledger.db"
+    led = Ledger(db_url)
+    deadline = time.time() + 60
+    while time.time() < deadline and not led.list_backfills():
+        time.sleep(0.1)
+    while time.time() < deadline and led.unit_counts(led.list_backfills()[0].id)["RUNNING"] < 3:
+        time.sleep(0.1)
+    [bf] = led.list_backfills()
+    led.close()
+    second = run_cli(*args, "--on-conflict", "skip", env=env)
+    assert second.returncode == 4, second.stderr[-2000:]
+    doc = json_out(second)
+    assert doc["state"] == "INCOMPLETE" and doc["ok"] is False
+    held = [u for u in doc["not_done"] if u.get("held_by")]
+    assert held and {u["held_by"] for u in held} == {bf.id}
+    assert all(f":{first.pid}" in u["holder_driver"] for u in held)
+    assert all(u["lease_expires_in_s"] > 0 for u in held)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-2000:]
+    assert json.loads(out)["ok"] is True
+
+
+def test_json_stdout_is_one_document_with_noisy_workers(cluster_env, tmp_path):
+    """Attached to a cluster, worker prints and Ray's own lines go to stderr, not stdout."""
+    cfg = small_config(tmp_path, params={"print_line": "hello from a feature worker"})
+    env = cluster_env
+    run_cli("data", "generate", "-c", str(cfg), "--start", "2026-10-01", "--end", "2026-10-01",
+            env=env, check=True)  # fmt: skip
+    proc = run_cli("backfill", "-c", str(cfg), "--start", "2026-10-01", "--end", "2026-10-01",
+                   "--json", env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)  # the whole of stdout, strictly
+    assert doc["ok"] is True
+    assert "hello from a feature worker" not in proc.stdout
+    for cmd in (["status", "--json"], ["plan", "-c", str(cfg), "--start", "2026-10-01",
+                                        "--end", "2026-10-01", "--json"]):  # fmt: skip
+        json.loads(run_cli(*cmd, env=env, check=True).stdout)
+
+
+def test_changed_feature_code_marks_units_stale(cluster_env, tmp_path):
+    cfg = small_config(tmp_path)
+    env = cluster_env
+    window = ["--start", "2026-10-01", "--end", "2026-10-01"]
+    run_cli("data", "generate", "-c", str(cfg), *window, env=env, check=True)
+    run_cli("backfill", "-c", str(cfg), *window, "--json", env=env, check=True)
+    data = yaml.safe_load(cfg.read_text())
+    data["features"]["code_version"] = "2"  # the feature function changed
+    cfg.write_text(yaml.safe_dump(data))
+    plan = json_out(run_cli("plan", "-c", str(cfg), *window, "--json", env=env, check=True))
+    assert {u["status"] for u in plan["units"]} == {"stale"}
+    assert all("another code" in u["detail"] for u in plan["units"])
+    again = json_out(run_cli("backfill", "-c", str(cfg), *window, "--json", env=env, check=True))
+    assert again["counts"]["skipped_done"] == 3  # stale is not re-run unless asked
+    redo = run_cli("backfill", "-c", str(cfg), *window, "--reprocess", "stale", "--json", env=env)
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    assert json_out(redo)["counts"]["done"] == 3
+    plan = json_out(run_cli("plan", "-c", str(cfg), *window, "--json", env=env, check=True))
+    assert {u["status"] for u in plan["units"]} == {"already done"}
 
 
 def test_train_end_to_end_through_cli(cluster_env, home, tmp_path):

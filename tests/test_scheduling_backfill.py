@@ -224,11 +224,11 @@ def main() -> dict:
         s = box["s"]
         out["state"] = s.state.value
         out["summary"] = s.to_dict()
-        out["planned"] = sorted(s.outcomes)
+        out["planned"] = sorted(s.phases)
         out["events"] = ray.get(sched.events.remote())
         out["final_status"] = ray.get(sched.status.remote())
         out["progress"] = files.read_progress()
-        run_id = s.results[TRAIN_KEY]["mlflow_run_id"]
+        run_id = s.outputs[TRAIN_KEY]["mlflow_run_id"]
         client = MlflowClient(settings.mlflow_uri)
         out["restart_from_step"] = sorted(
             [m.step, m.value] for m in client.get_metric_history(run_id, "restart_from_step")

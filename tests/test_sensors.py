@@ -205,7 +205,7 @@ def _rk(step, part):
 
 
 def test_watch_picks_up_exactly_the_units_a_ready_partition_frees(tmp_path):
-    from rayorch.data.watch import UnitVerdict, candidates, decide_watch
+    from rayorch.backfill.watch import UnitVerdict, candidates, decide_watch
     from rayorch.ledger.states import UnitState
 
     plan = _watch_plan(tmp_path)  # features 09-30..10-03 x 3 cities, train 10-01..10-03
@@ -237,7 +237,7 @@ def test_watch_picks_up_exactly_the_units_a_ready_partition_frees(tmp_path):
 
 
 def test_watch_marks_done_training_and_narrows_features_only_requests(tmp_path):
-    from rayorch.data.watch import UnitVerdict, decide_watch
+    from rayorch.backfill.watch import UnitVerdict, decide_watch
     from rayorch.ledger.states import UnitState
 
     plan = _watch_plan(tmp_path, steps="features")

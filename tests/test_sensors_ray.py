@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from rayorch.api import generate_data, open_ledger, run_backfill
-from rayorch.backfill.driver import Outcome
+from rayorch.backfill.machine import Phase
 from rayorch.data.generate import Faults
 from rayorch.ledger.states import UnitState
 from rayorch.partitions import PartitionKey
@@ -61,7 +61,7 @@ def test_late_hours_wait_fail_then_watch_picks_up_affected_units(
     assert events.count("waiting") >= 2
     assert "still PENDING after the wait timeout" in s.errors[fk[nyc]]
     assert "18 of 24 hours present" in s.errors[fk[nyc]]
-    assert s.outcomes[train] is Outcome.BLOCKED
+    assert s.phases[train] is Phase.BLOCKED
     import mlflow
 
     client = mlflow.tracking.MlflowClient(settings.mlflow_uri)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from rayorch.api import generate_data, open_ledger, run_backfill
-from rayorch.backfill.driver import Outcome
+from rayorch.backfill.machine import Phase
 from rayorch.ledger.states import BackfillState, UnitState
 from rayorch.settings import load_settings
 from rayorch.spec import load_pipeline
@@ -105,7 +105,7 @@ def test_worker_killed_resumes_from_checkpoint(ray_session, tmp_path, settings):
     s = run_backfill(spec, DAY, DAY, settings=settings)
     assert s.state is BackfillState.SUCCEEDED, s.errors
     assert marker.exists(), "the injected worker kill did not happen"
-    result = s.results[TRAIN_KEY]
+    result = s.outputs[TRAIN_KEY]
     assert result["training"]["restarts"] == 1
     run_id = result["mlflow_run_id"]
     # Each (re)start logs where it resumed: 0, then the last checkpoint before step 18.
@@ -126,7 +126,7 @@ def test_worker_killed_resumes_from_checkpoint(ray_session, tmp_path, settings):
     clean_spec = load_pipeline(clean_path)
     generate_data(clean_spec, "2026-09-30", DAY, settings=clean_settings)
     c = run_backfill(clean_spec, DAY, DAY, settings=clean_settings)
-    clean = c.results[TRAIN_KEY]["metrics"]
+    clean = c.outputs[TRAIN_KEY]["metrics"]
     got = result["metrics"]
     assert abs(got["val_auc"] - clean["val_auc"]) < 0.1
     assert abs(got["val_loss"] - clean["val_loss"]) < 0.25 * clean["val_loss"]
@@ -154,7 +154,7 @@ def test_straggler_flagged_naming_the_worker(ray_session, tmp_path, settings):
     assert flags[0]["step"] == 2 + 3, "not flagged within the configured number of steps"
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(settings.mlflow_uri).get_run(s.results[TRAIN_KEY]["mlflow_run_id"])
+    run = MlflowClient(settings.mlflow_uri).get_run(s.outputs[TRAIN_KEY]["mlflow_run_id"])
     assert run.data.tags["rayorch.straggler"] == f"rank 1 on {node}"
     # rayorch status shows the flag for the unit
     from tests.helpers import run_cli
@@ -198,7 +198,7 @@ def test_yield_checkpoints_stops_within_bound_then_resumes(ray_session, tmp_path
     assert not th.is_alive() and stopped_in < 30, f"did not stop within the bound ({stopped_in})"
     s = box["s"]
     assert s.state is BackfillState.PREEMPTED
-    assert s.outcomes[TRAIN_KEY] is Outcome.YIELDED
+    assert s.phases[TRAIN_KEY] is Phase.YIELDED
     progress = files.read_progress()
     assert progress["status"] == "yielded"
     ck = progress["last_checkpoint"]
@@ -206,12 +206,12 @@ def test_yield_checkpoints_stops_within_bound_then_resumes(ray_session, tmp_path
     ledger = open_ledger(settings)
     assert ledger.get_units([TRAIN_KEY])[TRAIN_KEY].state is UnitState.PENDING
     ledger.close()
-    run_id = s.results[TRAIN_KEY]["mlflow_run_id"]
+    run_id = s.yielded[TRAIN_KEY].mlflow_run_id
 
     s2 = run_backfill(spec, DAY, DAY, settings=settings)  # resumes the PREEMPTED backfill
     assert s2.resumed and s2.backfill_id == s.backfill_id
     assert s2.state is BackfillState.SUCCEEDED, s2.errors
-    assert s2.results[TRAIN_KEY]["mlflow_run_id"] == run_id  # same MLflow run continues
+    assert s2.outputs[TRAIN_KEY]["mlflow_run_id"] == run_id  # same MLflow run continues
     starts = _history(settings, run_id, "restart_from_step")
     assert starts == [(0, 0.0), (1, float(ck["step"]))]
     _assert_no_duplicate_steps(settings, run_id, epochs=4)
@@ -233,23 +233,27 @@ def test_driver_sigkill_mid_training_resumes_same_run(ray_session, tmp_path, hom
         "RAYORCH_HOME": str(home),
     }
     args = [sys.executable, "-m", "rayorch.cli.app", "backfill", "-c", str(cfg)]
-    args += ["--start", DAY, "--end", DAY, "--lease-seconds", "3", "--json"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    args += ["--start", DAY, "--end", DAY, "--json"]  # the default lease (60 s)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     files = _files(spec, settings)
     _wait_for(
         lambda: ((files.read_progress() or {}).get("last_checkpoint") or {}).get("step", 0) >= 20,
         240,
         "a checkpoint at step 20",
     )
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as a pod eviction does
     proc.wait(timeout=30)
     killed_at = files.read_progress()["step"]
     [run_id] = _runs_for_unit(settings, spec)
-    time.sleep(3.5)  # the dead driver's lease expires
+    t0 = time.time()  # the same command again, at once: the dead driver is taken over
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
-    summary = json_out(again)
-    assert summary["resumed"] is True
+    summary = json_out(again)  # stdout is exactly one JSON document, attached to a cluster
+    assert summary["resumed"] is True and f":{proc.pid}" in summary["took_over_from"]
+    assert summary["ok"] and summary["not_done"] == []
+    assert time.time() - t0 < 240
     [trained] = summary["trained"]
     assert trained["mlflow_run_id"] == run_id  # the same MLflow run, not a second one
     assert _runs_for_unit(settings, spec) == [run_id]
@@ -258,3 +262,7 @@ def test_driver_sigkill_mid_training_resumes_same_run(ray_session, tmp_path, hom
     assert 20 <= starts[1][1] <= killed_at  # continued from its checkpoint, not from step 0
     _assert_no_duplicate_steps(settings, run_id, epochs=4)
     assert trained["training"]["restarts"] == 1
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(settings.mlflow_uri).get_run(run_id).info.status == "FINISHED"
+    assert trained["model_version"] is not None  # registered once, after the fenced commit

@@ -149,7 +149,9 @@ class BackfillCore:
             if run.phase is Phase.ADMITTING:
                 assert run.token is not None
                 self._set(run.run_key, Phase.FAILED, reason=ev.message)
-                self._emit(Fail(run.unit, run.token, ev.message), Notify("failed", run.unit, ev.message))
+                self._emit(
+                    Fail(run.unit, run.token, ev.message), Notify("failed", run.unit, ev.message)
+                )
         elif isinstance(ev, Finished):
             self._on_finished(run, ev, now)
         elif isinstance(ev, Errored):
@@ -237,7 +239,9 @@ class BackfillCore:
             if self.stop is None and res.pending and now - first < self.cfg.sensor_wait_timeout_s:
                 due = now + self.cfg.sensor_poll_s
                 self._set(key, Phase.DATA_WAIT, first_wait=first, due=due, reason=res.message())
-                self._emit(Waiting(unit, res.message(), due), Notify("waiting", unit, res.message()))
+                self._emit(
+                    Waiting(unit, res.message(), due), Notify("waiting", unit, res.message())
+                )
                 return
             verdict = "still PENDING after the wait timeout" if res.pending else "REJECTED"
             msg = f"DataNotReadyError: {res.message()} ({verdict})"
@@ -370,8 +374,10 @@ class BackfillCore:
     def _after_stop_drain(self) -> None:
         if self.stop is None:
             return
-        if self.stop.reason in (StopReason.CANCEL, StopReason.PREEMPT) and not any(
-            r.phase in (Phase.YIELDING, Phase.COMMITTING) for r in self.runs.values()
-        ) and not self._released:
+        if (
+            self.stop.reason in (StopReason.CANCEL, StopReason.PREEMPT)
+            and not any(r.phase in (Phase.YIELDING, Phase.COMMITTING) for r in self.runs.values())
+            and not self._released
+        ):
             self._released = True
             self._emit(ReleaseAll(self.stop.detail or self.stop.reason.value))

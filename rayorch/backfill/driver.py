@@ -223,6 +223,7 @@ class BackfillDriver:
                 lease.maybe_beat(now)
                 events += self._control_events(lease, stops)
                 if self.gate is not None and lease.lost is None:
+                    self.gate.heartbeat()  # renews this driver's admissions (rate-limited)
                     events += self._gate_events(core)
                 actions = core.step(now, events)
                 events = self._perform(own, actions, lost=lease.lost is not None)
@@ -291,7 +292,9 @@ class BackfillDriver:
 
     def _wait_for_work(self, core: BackfillCore, now: float) -> list[Event]:
         due = core.next_due()
-        timeout = self.opt.max_wait_s if due is None else max(0.0, min(due - now, self.opt.max_wait_s))
+        timeout = (
+            self.opt.max_wait_s if due is None else max(0.0, min(due - now, self.opt.max_wait_s))
+        )
         if self._admitting and self.gate is not None:
             timeout = min(timeout, self.gate.poll_s)
         if not self._handles:
@@ -410,7 +413,11 @@ class BackfillDriver:
     def _commit(self, own: Ownership, a: Commit) -> list[Event]:
         self.crash("after_stage")
         items = [(u.run_key, tok, res.to_output()) for u, tok, res in a.items]
-        versions = {u.run_key: self.versions[u.step.value] for u, _, _ in a.items if u.step.value in self.versions}
+        versions = {
+            u.run_key: self.versions[u.step.value]
+            for u, _, _ in a.items
+            if u.step.value in self.versions
+        }
         errors = self.ledger.commit_many(own, items, versions)
         events: list[Event] = []
         for (unit, token, result), (_, _, output), err in zip(a.items, items, errors, strict=True):
@@ -468,7 +475,9 @@ class BackfillDriver:
                     events.append(Admitted(key))
                 elif adm.outcome is AdmissionOutcome.REJECTED:
                     del self._admitting[key]
-                    msg = f"admission REJECTED ({adm.reason.name}): {adm.detail or adm.reason.value}"
+                    msg = (
+                        f"admission REJECTED ({adm.reason.name}): {adm.detail or adm.reason.value}"
+                    )
                     events.append(AdmissionRejected(key, msg))
         running = [k for k in self._by_key if core.runs[k].phase.name == "RUNNING"]
         asked = self.gate.yields_requested(running)

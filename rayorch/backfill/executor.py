@@ -119,6 +119,10 @@ class RayExecutor:
 
         self.ray = ray
         self.env = unit_environment(spec, settings.db_url)  # refuses unpinned images first
+        if spec.train is not None:
+            from rayorch.lineage.tracking import ensure_tracking_store
+
+            ensure_tracking_store(settings.mlflow_uri)  # migrated once, before any worker
         self.spec = spec
         self.settings = settings
         self.source_root = settings.resolve(spec.source.path)
@@ -177,7 +181,9 @@ class RayExecutor:
             return None
         # Behind the fence: only a committed attempt registers its model and ends its run.
         req = self._train_request(unit, token, self._generation.get(unit.run_key, 0))
-        return self.ray.get(self._publish_train.options(**self.env.task_options()).remote(req, result))
+        return self.ray.get(
+            self._publish_train.options(**self.env.task_options()).remote(req, result)
+        )
 
     def reconcile(
         self, unit: Unit, token: int, committed_output: dict[str, Any] | None
@@ -193,7 +199,8 @@ class RayExecutor:
         live = read_committed_manifest(self.output_root, unit.partition)
         if gone and (live is None or (live.token or 0) <= (want.token or 0)):
             return Reconciled(
-                Reconciled.Outcome.MISSING, f"{unit.partition}: {len(gone)} file(s) gone, e.g. {gone[0]}"
+                Reconciled.Outcome.MISSING,
+                f"{unit.partition}: {len(gone)} file(s) gone, e.g. {gone[0]}",
             )
         if live is not None and (live.token or 0) >= (want.token or 0):
             return Reconciled(Reconciled.Outcome.NOTHING)
@@ -219,7 +226,9 @@ class RayExecutor:
             output.get("sample_file"),
         )
         req = self._train_request(unit, token, self._generation.get(unit.run_key, 0))
-        extra = self.ray.get(self._publish_train.options(**self.env.task_options()).remote(req, result))
+        extra = self.ray.get(
+            self._publish_train.options(**self.env.task_options()).remote(req, result)
+        )
         return Reconciled(Reconciled.Outcome.ROLLED_FORWARD, extra=extra)
 
     def _run_files(self, unit: Unit, generation: int) -> Any:

@@ -19,7 +19,7 @@ from rayorch.partitions import PartitionKey, date_range, key_product
 from rayorch.spec import PipelineSpec
 
 if TYPE_CHECKING:
-    from rayorch.ledger.store import UnitRow
+    from rayorch.ledger.rows import UnitRow
 
 
 class Step(str, enum.Enum):

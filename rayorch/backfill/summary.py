@@ -85,6 +85,10 @@ class BackfillSummary:
         return EXIT_CODES.get(self.state, 1)
 
     @property
+    def phases(self) -> dict[str, Phase]:
+        return {u.run_key: u.phase for u in self.units}
+
+    @property
     def failed(self) -> list[str]:
         return [u.run_key for u in self.units if u.phase is Phase.FAILED]
 

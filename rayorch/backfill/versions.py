@@ -61,7 +61,8 @@ def step_versions(spec: PipelineSpec, env_fingerprint: str) -> dict[str, dict[st
     out: dict[str, dict[str, str]] = {}
     cfg = spec.model_dump(mode="json", by_alias=True)
     shared = {k: cfg.get(k) for k in ("source", "partitions")}
-    feats = {k: v for k, v in cfg["features"].items() if k not in ("retries", "retry_backoff_s")}
+    skip = ("retries", "retry_backoff_s", "code_version")  # code has its own part
+    feats = {k: v for k, v in cfg["features"].items() if k not in skip}
     out[Step.FEATURES.value] = UnitVersion(
         _digest({**shared, "features": feats}),
         code_version(spec.features.entrypoint, spec.features.code_version),
@@ -69,7 +70,13 @@ def step_versions(spec: PipelineSpec, env_fingerprint: str) -> dict[str, dict[st
     ).to_dict()
     if spec.train is not None:
         out[Step.TRAIN.value] = UnitVersion(
-            _digest({**shared, "features": feats, "train": cfg.get("train")}),
+            _digest(
+                {
+                    **shared,
+                    "features": feats,
+                    "train": {k: v for k, v in cfg["train"].items() if k != "code_version"},
+                }
+            ),
             code_version(spec.train.entrypoint, spec.train.code_version),
             env_fingerprint,
         ).to_dict()

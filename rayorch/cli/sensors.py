@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from rayorch.backfill.plan import BackfillPlan, plan_backfill
+from rayorch.backfill.watch import WatchDecision, candidates, decide_watch
 from rayorch.backfill.work import check_partition
 from rayorch.cli.common import (
     ConfigOpt,
@@ -28,7 +29,6 @@ from rayorch.cli.common import (
     out,
 )
 from rayorch.data.sensors import SensorResult, SensorStatus
-from rayorch.data.watch import WatchDecision, candidates, decide_watch
 from rayorch.errors import ConfigError
 from rayorch.ledger.states import Reprocess
 from rayorch.partitions import PartitionKey, date_range, key_product, parse_date

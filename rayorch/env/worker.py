@@ -92,8 +92,8 @@ def on_train_worker(ro: dict[str, Any], rank: int) -> Fingerprint:
     fp = capture(ctx, worker=f"rank{rank}")
     run_id = ro.get("mlflow_run_id")
     if run_id:
-        from mlflow.tracking import MlflowClient
+        from rayorch.lineage.tracking import mlflow_client
 
-        log_fingerprint(MlflowClient(tracking_uri=ro["mlflow_uri"]), run_id, fp, primary=rank == 0)
+        log_fingerprint(mlflow_client(ro["mlflow_uri"]), run_id, fp, primary=rank == 0)
     _guard(ctx, ro.get("run_key", ""), ro.get("token"), fp)
     return fp

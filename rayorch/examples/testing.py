@@ -2,7 +2,8 @@
 
 Driven by ``features.params`` in the pipeline config: ``sleep_s`` (per unit),
 ``fail_partitions`` (partitions that raise), ``fail_times`` (how many attempts fail before it
-succeeds; default always), ``duplicate_output`` (emit some rows twice).
+succeeds; default always), ``duplicate_output`` (emit some rows twice), ``print_line`` (print
+it to stdout, as chatty user code does).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from rayorch.examples.fraud import build_features
 
 def flaky_features(ctx: Any, raw: pa.Table) -> pa.Table:
     params = ctx.params
+    if params.get("print_line"):  # user code that prints (to check --json stays clean)
+        print(params["print_line"], flush=True)
     if params.get("sleep_s"):
         time.sleep(float(params["sleep_s"]))
     part = "/".join(f"{k}={v}" for k, v in sorted(ctx.partition.items()))

@@ -11,15 +11,13 @@ observe (:class:`Observation`) and the database clock:
 * ``ALIVE``   - same host and the very process still runs (or its Ray job still runs);
 * ``UNKNOWN`` - another host and no job to ask: wait for the lease to run out.
 
-Observing is the only effect (:func:`observe`: psutil for the process table, Ray's state API
-for the job); judging never touches anything.
+Observing is the only effect (:mod:`rayorch.ledger.liveness`: psutil for the process table,
+Ray's state API for the job); judging never touches anything.
 """
 
 from __future__ import annotations
 
 import enum
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,52 +103,3 @@ def judge_owner(
     if abs(seen.process_started_at - owner.started_at) > _START_TOLERANCE_S:
         return Verdict(Liveness.DEAD, LivenessReason.PID_REUSED)
     return Verdict(Liveness.ALIVE, LivenessReason.PROCESS_RUNNING)
-
-
-# -- effects: who am I, what can I see --------------------------------------------------------
-def process_started_at(pid: int) -> float | None:
-    """Start time of process ``pid`` on this host, or None when there is none (or a zombie)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return float(p.create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def current_owner(ray_job_id: str | None = None) -> OwnerInfo:
-    pid = os.getpid()
-    return OwnerInfo(socket.gethostname(), pid, process_started_at(pid) or 0.0, ray_job_id)
-
-
-def ray_job_running(job_id: str) -> bool | None:
-    """Whether Ray job ``job_id`` (hex) is still running, through Ray's public state API.
-
-    None when it cannot be told (Ray not connected, no dashboard, job unknown)."""
-    try:
-        import ray
-        from ray.util.state import list_jobs
-
-        if not ray.is_initialized():
-            return None
-        jobs = list_jobs(filters=[("job_id", "=", job_id)], timeout=5)
-    except Exception:
-        return None
-    if not jobs:
-        return None
-    job = jobs[0]
-    status = str(getattr(job, "status", "") or "").upper()
-    if status:
-        return status in ("PENDING", "RUNNING")
-    driver = getattr(job, "driver_info", None)
-    return None if driver is None else not bool(getattr(driver, "is_dead", False))
-
-
-def observe(owner: OwnerInfo) -> Observation:
-    here = socket.gethostname()
-    started = process_started_at(owner.pid) if owner.host == here else None
-    job = ray_job_running(owner.ray_job_id) if owner.ray_job_id else None
-    return Observation(here, started, job)

@@ -155,4 +155,3 @@ def _row_to_backfill(r: Any) -> BackfillRow:
 
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
-

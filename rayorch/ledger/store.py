@@ -32,8 +32,9 @@ from rayorch.errors import (
 )
 from rayorch.ledger.claims import ClaimsMixin, _sql_message
 from rayorch.ledger.engine import _chunks, _insert_ignore, _make_engine
-from rayorch.ledger.owners import Observation, OwnerInfo, Verdict, current_owner, judge_owner
-from rayorch.ledger.owners import observe as observe_owner
+from rayorch.ledger.liveness import current_owner
+from rayorch.ledger.liveness import observe as observe_owner
+from rayorch.ledger.owners import Observation, OwnerInfo, Verdict, judge_owner
 from rayorch.ledger.rows import (
     BackfillRow,
     ClaimOutcome,

@@ -10,6 +10,7 @@ runtime_env (what a re-run would get), or this process with ``local_env``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class RunRecord:
     dataset: dict[str, Any]
     fingerprint: Fingerprint | None
     metrics: dict[str, float]
+
+    @property
+    def inputs(self) -> tuple[PartitionKey, ...]:
+        """Exactly the partitions the run read (its dataset manifest)."""
+        return tuple(PartitionKey.parse(p["partition"]) for p in self.dataset.get("partitions", []))
 
 
 def tracker_for(settings: Settings) -> Tracker:
@@ -188,13 +194,10 @@ def reproduce_run(
     environment; it registers no model version. Returns the check, the new run id and
     whether every recorded metric matches within ``tolerance`` (relative and absolute).
     """
-    import ray
 
-    from rayorch.backfill.executor import _train_task
-    from rayorch.backfill.plan import Step, plan_backfill
     from rayorch.env.runtime import unit_environment
     from rayorch.runtime import ensure_ray
-    from rayorch.train.runner import TrainRequest
+    from rayorch.train.runner import TrainRequest, TrainTarget, submit_training
 
     st = settings or load_settings()
     tracker = tracker_for(st)
@@ -203,21 +206,19 @@ def reproduce_run(
     doc: dict[str, Any] = {"check": chk.to_dict(), "reran": False}
     if not chk.same:
         return doc
-    plan = plan_backfill(rec.spec, rec.as_of, rec.as_of, steps=[Step.TRAIN])
-    unit = next((u for u in plan.units if u.run_key == rec.run_key), None)
-    if unit is None:
+    if not rec.inputs:
         raise NotFoundError(
-            f"run {run_id}: unit {rec.run_key} is not in the plan of its recorded config",
+            f"run {run_id}: its dataset manifest names no partitions to re-read",
             run_id=run_id,
             run_key=rec.run_key,
         )
     spec = rec.spec.model_copy(update={"registry": None})  # a reproduction registers nothing
     ue = unit_environment(spec, st.db_url, guard=False)
-    req = TrainRequest(spec, st, unit, 0, rec.generation, env=ue.context, reproduces=run_id)
+    target = TrainTarget(rec.run_key, dt.date.fromisoformat(rec.as_of), rec.inputs)
+    req = TrainRequest(spec, st, target, 0, rec.generation, env=ue.context, reproduces=run_id)
     ensure_ray(st)
-    task = ray.remote(num_cpus=0, max_retries=0)(_train_task)
-    result = ray.get(task.options(**ue.task_options()).remote(req))
-    new_id = result["mlflow_run_id"]
+    result = submit_training(req, ue.task_options())
+    new_id = result.mlflow_run_id
     new_metrics = {k: float(v) for k, v in tracker.client.get_run(new_id).data.metrics.items()}
     matches = compare_metrics(rec.metrics, new_metrics, tolerance)
     ok = bool(matches) and all(m.match for m in matches)
@@ -229,6 +230,6 @@ def reproduce_run(
         tolerance=tolerance,
         metrics=[m.to_dict() for m in matches],
         metrics_match=ok,
-        dataset_digest=result.get("dataset_digest"),
+        dataset_digest=getattr(result, "dataset_digest", None),
     )
     return doc

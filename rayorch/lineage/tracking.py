@@ -25,6 +25,41 @@ CONFIG_ARTIFACT = f"{CONFIG_ARTIFACT_DIR}/pipeline.yaml"
 DATASET_ARTIFACT = "dataset_manifest.json"
 
 
+_READY_STORES: set[str] = set()
+
+
+def ensure_tracking_store(uri: str) -> None:
+    """Create (or upgrade) a local MLflow SQLite store once, under an inter-process lock.
+
+    MLflow runs its schema migrations when a process first opens a store; two processes
+    opening a fresh SQLite file at once race in them (``duplicate column name``, alembic's
+    ``expected to match one row``). The first process to take the lock migrates; the others
+    wait and then find the schema current. Servers and PostgreSQL stores need no lock here.
+    """
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    path = uri[len("sqlite:///") :]
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    with open(f"{path}.init-lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _READY_STORES.add(uri)
+
+
+def mlflow_client(uri: str, *, registry: bool = False) -> Any:
+    """The one way rayorch opens MLflow: the store is made ready first (see above)."""
+    from mlflow.tracking import MlflowClient
+
+    ensure_tracking_store(uri)
+    if registry:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return MlflowClient(tracking_uri=uri)
+
+
 def dataset_digest(manifests: Sequence[PartitionManifest]) -> str:
     """Digest over the full content of every partition read (sorted), not a sample."""
     return combine_hashes([f"{m.partition}:{m.content_hash}" for m in manifests])
@@ -32,11 +67,9 @@ def dataset_digest(manifests: Sequence[PartitionManifest]) -> str:
 
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: str | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.uri = tracking_uri
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = mlflow_client(tracking_uri)
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)

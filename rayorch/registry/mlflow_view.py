@@ -31,10 +31,10 @@ def _missing(e: Exception) -> bool:
 
 class RegistryView:
     def __init__(self, tracking_uri: str) -> None:
-        from mlflow.tracking import MlflowClient
+        from rayorch.lineage.tracking import mlflow_client
 
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = mlflow_client(tracking_uri, registry=True)
         # Facts of a READY version whose run has ended do not change: a version's source, run,
         # metrics and dataset inputs are immutable once the run ends, and rayorch tags the
         # artifact digest before it ends the run. Caching them keeps a promotion to one alias

@@ -78,9 +78,7 @@ def exclude_nodes_selector(nodes: list[str]) -> dict[str, str] | None:
     return {NODE_ID_LABEL: f"!in({','.join(sorted(nodes))})"} if nodes else None
 
 
-def run_train_unit(
-    req: TrainRequest, placement: dict[str, Any] | None = None
-) -> Trained | Yielded:
+def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -> Trained | Yielded:
     """Train (or resume) the unit. Registers nothing and leaves its MLflow run RUNNING: the
     driver commits the result (fenced), then :func:`publish_trained` registers and ends it."""
     import ray.data
@@ -208,13 +206,11 @@ def run_train_unit(
     training["excluded_nodes"] = excluded
     if status == "yielded":
         tracker.finish(run_id, "KILLED")
-        return Yielded(
-            run_id, result.checkpoint.path if result.checkpoint else None, training
-        )
+        return Yielded(run_id, result.checkpoint.path if result.checkpoint else None, training)
     if result.checkpoint is None:
         tracker.finish(run_id, "FAILED")
         raise RuntimeError(f"{unit.run_key}: training produced no checkpoint")
-    files_.write_progress({**progress, "status": "trained"})
+    files_.write_progress({**progress, "status": "finished"})
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return Trained(
         run_id,
@@ -226,6 +222,23 @@ def run_train_unit(
         spec.registry.model_name if spec.registry else None,
         files[0] if files else None,
     )
+
+
+def _train_task(req: TrainRequest, placement: dict[str, Any] | None = None) -> Trained | Yielded:
+    return run_train_unit(req, placement=placement)
+
+
+def submit_training(req: TrainRequest, task_options: dict[str, Any] | None = None) -> Trained:
+    """Run one training request as a zero-CPU Ray task and wait for it (``rayorch
+    reproduce``: a NEW linked run, nothing registered); its MLflow run is ended here."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_train_task)
+    result = ray.get(task.options(**(task_options or {})).remote(req))
+    if not isinstance(result, Trained):
+        raise RuntimeError(f"{req.unit.run_key}: training stopped before the end ({result})")
+    Tracker(req.settings.mlflow_uri).finish(result.mlflow_run_id)
+    return result
 
 
 def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:

@@ -365,9 +365,9 @@ class TrainSession:
 
     def _mlflow(self) -> Any:
         if self._client is None:
-            from mlflow.tracking import MlflowClient
+            from rayorch.lineage.tracking import mlflow_client
 
-            self._client = MlflowClient(tracking_uri=self.ro["mlflow_uri"])
+            self._client = mlflow_client(self.ro["mlflow_uri"])
         return self._client
 
     def _flush(
