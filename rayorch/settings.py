@@ -2,14 +2,29 @@
 
 Everything runs on one machine with no configuration: state lives under ``RAYORCH_HOME``
 (default ``./.rayorch``). ``RAYORCH_DB_URL``, ``MLFLOW_TRACKING_URI`` and ``RAY_ADDRESS``
-move the ledger, tracking and compute elsewhere without code changes.
+move the ledger, tracking and compute elsewhere without code changes. ``RAYORCH_STORAGE_URL``
+(``s3://bucket/prefix`` or a directory) moves every relative location at once: raw sources,
+feature tables, checkpoints and MLflow artifacts. S3 credentials come from the usual
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` / ``AWS_REGION``, an
+S3-compatible store's endpoint from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """How rayorch reaches S3 (or an S3-compatible store). None: the library's own default."""
+
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str | None = None
+    endpoint_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +34,25 @@ class Settings:
     mlflow_uri: str
     ray_address: str | None
     log_level: str = "WARNING"  # RAYORCH_LOG_LEVEL; logs go to stderr
+    storage_url: str | None = None  # RAYORCH_STORAGE_URL: root of every relative location
+    s3: S3Settings = field(default_factory=S3Settings)
+
+    @property
+    def storage_root(self) -> str:
+        """Where relative locations live: RAYORCH_STORAGE_URL, else RAYORCH_HOME."""
+        return (self.storage_url or str(self.home)).rstrip("/")
 
     def resolve(self, path: str) -> str:
-        """Resolve a config path: URIs and absolute paths as is, relative under home."""
+        """Resolve a config path: URIs and absolute paths as is, relative under the storage
+        root (``RAYORCH_STORAGE_URL`` when set, else home)."""
         if "://" in path or os.path.isabs(path):
             return path
-        return str(self.home / path)
+        return f"{self.storage_root}/{path}"
+
+    @property
+    def artifact_root(self) -> str:
+        """MLflow artifacts of runs rayorch creates (follows the storage root)."""
+        return self.resolve("mlartifacts")
 
 
 def load_settings(home: str | Path | None = None) -> Settings:
@@ -37,4 +65,23 @@ def load_settings(home: str | Path | None = None) -> Settings:
         mlflow_uri=mlflow_uri,
         ray_address=os.environ.get("RAY_ADDRESS") or None,
         log_level=os.environ.get("RAYORCH_LOG_LEVEL", "WARNING").upper(),
+        storage_url=_storage_url(os.environ.get("RAYORCH_STORAGE_URL")),
+        s3=S3Settings(
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None,
+        ),
     )
+
+
+def _storage_url(value: str | None) -> str | None:
+    """A URL as is; a plain directory made absolute (relative to the working directory)."""
+    if not value:
+        return None
+    if "://" in value:
+        return value.rstrip("/")
+    return str(Path(value).expanduser().resolve())

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from s3 import s3_server, s3_storage  # noqa: F401 - the S3 API fixtures (tests/s3.py)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("RAY_ADDRESS", None)  # never attach to someone's `ray start` cluster
@@ -65,14 +66,23 @@ def pg_ledger_url():
     """A fresh PostgreSQL schema-less database per test (tables dropped before use)."""
     url = pg_url()
     if not url:
+        if os.environ.get("CI") == "true":  # in CI a missing service is a failure
+            pytest.fail("CI=true but RAYORCH_TEST_PG_URL is not set: .ci/run must start PostgreSQL")
         pytest.skip("RAYORCH_TEST_PG_URL not set: PostgreSQL tests need a server (CI sets it)")
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
 
     from rayorch.ledger.schema import metadata
 
     eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    metadata.drop_all(eng)
-    eng.dispose()
+    try:
+        metadata.drop_all(eng)
+    except OperationalError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but PostgreSQL at {url} is unreachable: {e.orig}")
+        pytest.skip(f"PostgreSQL at {url} is unreachable: {e.orig}")
+    finally:
+        eng.dispose()
     return url
 
 
