@@ -273,3 +273,91 @@ def test_retry_and_reprocess_plans(big, settings):
     assert draft.refused is None and set(draft.units) == set(picked)
     assert "--reprocess" in draft.command and draft.command[-1] == "all"
     assert act.plan_reprocess(d, picked, None).refused  # no config: says how to give one
+
+
+def test_cluster_page_shows_slots_queue_reasons_quota_and_preemptions(settings):
+    report = {
+        "scheduler": "running",
+        "policy": "rayorch",
+        "cycles": 7,
+        "total_gpus": 8,
+        "free_gpus": 3,
+        "stranded_gpus": 2,
+        "nodes": [
+            {
+                "node_id": "node-a",
+                "shape": "A100:8",
+                "gpus": 8,
+                "used_gpus": 5,
+                "free_cpus": 10.0,
+                "stranded_gpus": 2,
+            }
+        ],
+        "running": [
+            {
+                "workload_id": "fraud/train/d1",
+                "placement": {"bundles": [{"node_id": "node-a", "gpus": 4}]},
+            },
+            {
+                "workload_id": "pricing/train/d2",
+                "placement": {"bundles": [{"node_id": "node-a", "gpus": 1}]},
+            },
+        ],
+        "queue": [
+            {
+                "workload_id": "ranking/train/d3",
+                "namespace": "ads",
+                "priority": "backfill",
+                "shape": "1x4",
+                "decision": {
+                    "outcome": "NO_FIT",
+                    "reason": "QUOTA",
+                    "detail": "ads over its 4-GPU quota",
+                },
+            }
+        ],
+        "namespaces": {
+            "ads": {
+                "gpus_used": 4,
+                "gpus_quota": 4,
+                "units": 1,
+                "max_concurrent_units": 2,
+                "can_borrow": False,
+            }
+        },
+        "preemptions": [
+            {
+                "event": "preempt",
+                "seq": 3,
+                "cycle": 5,
+                "at": NOW,
+                "workload_id": "fraud/train/d0",
+                "for_workload": "prod/x",
+            }
+        ],
+        "suggestions": [],
+        "error": None,
+    }
+    c = TestClient(create_app(UIConfig(settings, cluster_status=lambda _addr: report)))
+    html = c.get("/cluster").text
+    assert html.count('class="slot held"') == 5 and html.count('class="slot free"') == 3
+    assert "ads over its 4-GPU quota" in html and "QUOTA" in html
+    assert "fraud/train/d0" in html and "prod/x" in html  # the preemption, victim and winner
+    assert "4 / 4" in html  # quota use
+    assert c.get("/api/cluster").json()["stranded_gpus"] == 2
+
+
+def test_training_curves_from_a_real_mlflow_run(settings):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    exp = client.create_experiment("ui-curves")
+    run = client.create_run(exp)
+    for step in range(5):
+        client.log_metric(run.info.run_id, "train_loss", 1.0 / (step + 1), step=step)
+        client.log_metric(run.info.run_id, "val_auc", 0.5 + step / 10, step=step)
+    c = TestClient(create_app(UIConfig(settings)))
+    svg = c.get(f"/runs/{run.info.run_id}/curves.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert 'data-series="train_loss"' in svg.text and 'data-series="val_auc"' in svg.text
+    assert c.get("/runs/nope/curves.svg").status_code == 404

@@ -12,7 +12,7 @@ import contextlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class UIConfig:
     mlflow_url: str | None = None  # an MLflow UI to link runs to
     ray_address: str | None = None  # for the cluster page
     refresh_s: float = 3.0
+    #: The scheduler's status report (read-only); default: ``rayorch.ui.cluster.read_cluster``.
+    cluster_status: Callable[[str | None], dict[str, Any]] | None = None
 
 
 def _templates() -> Environment:
@@ -122,11 +124,16 @@ def create_app(config: UIConfig | None = None) -> FastAPI:
     def api_unit(run_key: str, backfill: str | None = None) -> dict[str, Any]:
         return model.unit(run_key, backfill).to_dict()
 
-    @app.get("/api/cluster")
-    def api_cluster() -> dict[str, Any]:
+    def cluster_report() -> dict[str, Any]:
+        if cfg.cluster_status is not None:
+            return cfg.cluster_status(cfg.ray_address)
         from rayorch.ui.cluster import read_cluster
 
         return read_cluster(cfg.ray_address)
+
+    @app.get("/api/cluster")
+    def api_cluster() -> dict[str, Any]:
+        return cluster_report()
 
     # -- pages -----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -204,9 +211,9 @@ def create_app(config: UIConfig | None = None) -> FastAPI:
 
     @app.get("/cluster", response_class=HTMLResponse, include_in_schema=False)
     def cluster_page(request: Request) -> HTMLResponse:
-        from rayorch.ui.cluster import read_cluster, slot_rows
+        from rayorch.ui.cluster import slot_rows
 
-        report = read_cluster(cfg.ray_address)
+        report = cluster_report()
         return page("cluster.html", request, r=report, nodes=slot_rows(report))
 
     # -- actions: dry run (GET) then confirm (POST with the CSRF token) --------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rayorch.errors import InfrastructureError
+from rayorch.errors import InfrastructureError, NotFoundError
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,10 @@ def read_run(tracking_uri: str, run_id: str) -> RunCurves:
             for name in sorted(run.data.metrics)
         }
     except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise NotFoundError(
+                f"no MLflow run {run_id!r} at {tracking_uri}", run_id=run_id
+            ) from None
         raise InfrastructureError(
             f"cannot read MLflow run {run_id} from {tracking_uri}: {e.message}; check "
             "MLFLOW_TRACKING_URI",
