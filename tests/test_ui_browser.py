@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,13 @@ def test_cancel_through_the_page(ray_session, tmp_path, settings, page):
             page.click("tr[data-id] a")
             page.wait_for_selector("a.cell.s-running, a.cell.s-done", timeout=60_000)
             bf_id = page.get_attribute("body", "data-backfill")
+            # auto-refresh: cells move to done in place while the page stays loaded
+            page.evaluate("window.__sameDocument = true")
+            before = page.eval_on_selector_all("a.cell.s-done", "els => els.length")
+            page.wait_for_function(
+                f"document.querySelectorAll('a.cell.s-done').length > {before}", timeout=30_000
+            )
+            assert page.evaluate("window.__sameDocument === true")  # no reload happened
             page.click("#act-cancel")
             page.wait_for_selector("#plan-summary")
             assert "unfinished units are released" in page.inner_text("#plan-summary")
@@ -144,4 +152,55 @@ def test_cancel_through_the_page(ray_session, tmp_path, settings, page):
     finally:
         ledger.close()
     assert result["summary"].state is BackfillState.CANCELLED
+    assert page.console_errors == []
+
+
+def test_retry_failed_and_reprocess_selected_through_the_page(
+    ray_session, tmp_path, settings, page
+):
+    flaky = f"city=SF/date={DAY}"
+    cfg = small_config(
+        tmp_path, hours=2, rows=5, params={"fail_partitions": [flaky], "fail_times": 1}
+    )
+    rayorch.generate_data(cfg, DAY, DAY)
+    first = rayorch.run_backfill(cfg, DAY, DAY, steps="features")
+    assert first.state is BackfillState.FAILED
+    bf_id = first.backfill_id
+    ui = UIConfig(settings, allow_actions=True, configs={"fraud": str(cfg)})
+    ledger = Ledger(settings.db_url)
+    try:
+        with BackgroundServer(ui) as url:
+            page.goto(f"{url}/backfills/{bf_id}")
+            # reprocess selected: pick two cells, read the dry run (not executed here)
+            page.check("#select-mode")
+            picked = page.eval_on_selector_all(
+                "a.cell", "els => els.slice(0, 2).map(e => e.dataset.k)"
+            )
+            for k in picked:
+                page.click(f'a.cell[data-k="{k}"]')
+            page.click("#act-reprocess")
+            page.wait_for_selector("#plan-units")
+            listed = page.inner_text("#plan-units")
+            assert all(k in listed for k in picked)
+            assert "--reprocess all" in page.inner_text("#plan-command")
+
+            page.goto(f"{url}/backfills/{bf_id}/actions/retry")
+            assert f"{flaky}" in page.inner_text("#plan-units")
+            assert "--resume " + bf_id in page.inner_text("#plan-command")
+            page.screenshot(path=str(ARTIFACTS / "retry-dry-run.png"), full_page=True)
+            page.click("#confirm")
+            page.wait_for_selector("#action-result")
+            assert "started `rayorch backfill" in page.inner_text("#action-result")
+            deadline = time.monotonic() + 150  # the retry is its own process (and Ray)
+            while ledger.get_backfill(bf_id).state is not BackfillState.SUCCEEDED:
+                assert time.monotonic() < deadline, ledger.get_backfill(bf_id)
+                time.sleep(1)
+            page.click("#back")
+            assert "SUCCEEDED" in page.inner_text("#bf-state")
+            page.screenshot(path=str(ARTIFACTS / "retried.png"), full_page=True)
+        row = ledger.get_units([f"fraud/features/{flaky}"])[f"fraud/features/{flaky}"]
+        assert row.state.value == "DONE" and row.attempts == 2
+        assert ledger.get_backfill(bf_id).state is BackfillState.SUCCEEDED
+    finally:
+        ledger.close()
     assert page.console_errors == []
