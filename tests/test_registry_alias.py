@@ -1,5 +1,6 @@
-"""The alias compare-and-set in MLflow's database, digests of model copies, and the coordinator's
-steps without Ray (a local ``Coordinator``): real MLflow on SQLite, a real SQLite ledger."""
+"""The alias compare-and-set in rayorch's own row, drift of an alias moved outside rayorch,
+digests of model copies, and the coordinator's steps without Ray (a local ``Coordinator``):
+real MLflow on SQLite through its public API, a real SQLite ledger. No server needed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from rayorch.lineage.tracking import directory_digest
-from rayorch.registry.alias_sql import SqlAliases
+from rayorch.registry import alias_rows
+from rayorch.registry.alias_rows import AliasKey
 from rayorch.registry.audit import AuditLog, Phase
 from rayorch.registry.coordinator import Coordinator
 from rayorch.registry.decisions import (
@@ -21,7 +23,7 @@ from rayorch.registry.decisions import (
     VerifyStatus,
     decide_promotion,
 )
-from rayorch.registry.errors import PromotionInterruptedError
+from rayorch.registry.errors import AliasRowMovedError
 from rayorch.registry.mlflow_view import RegistryView, _legacy_digest
 from rayorch.registry.queries import verify_deployed
 from rayorch.registry.testing import RegistryBuilder
@@ -40,11 +42,18 @@ def built(tmp_path_factory):
     return root, b, versions, trained
 
 
-def _pin_registry(monkeypatch, uri: str) -> None:
-    """MLflow's global registry URI for this test only (``set_registry_uri`` would leak it
-    into later tests, whose registrations would then land in this test's database)."""
-    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+@pytest.fixture()
+def pin_registry(monkeypatch):
+    """MLflow's global registry URI for this test only, put back afterwards (left set, later
+    tests' registrations would land in this test's database)."""
+    import mlflow
+
+    def pin(uri: str) -> None:
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # put back by monkeypatch afterwards
+        mlflow.set_registry_uri(uri)
+
+    yield pin
+    mlflow.set_registry_uri(None)  # unset: follows the tracking URI again
 
 
 def _public(b: RegistryBuilder, model: str, alias: str) -> str | None:
@@ -54,10 +63,9 @@ def _public(b: RegistryBuilder, model: str, alias: str) -> str | None:
         return None
 
 
-def test_sql_alias_reads_what_the_public_api_reads(built):
+def test_alias_reads_what_the_public_api_reads(built):
     _, b, _, _ = built
     view = RegistryView(b.uri)
-    assert isinstance(view.sql, SqlAliases)  # the fast path is on for MLflow's SQLite store
     assert view.current("m", "read") is None and _public(b, "m", "read") is None
     assert view.current("no-such-model", "read") is None
     b.client.set_registered_model_alias("m", "read", "2")
@@ -66,51 +74,112 @@ def test_sql_alias_reads_what_the_public_api_reads(built):
     assert view.current("m", "read") is None
 
 
-def test_sql_compare_and_set_is_atomic_against_outside_writers(built):
-    _, b, _, _ = built
-    view = RegistryView(b.uri)
-    first = view.move_alias("m", "cas", None, "1")
-    assert first.moved and _public(b, "m", "cas") == "1"  # MLflow's API sees the row
-    assert b.client.get_registered_model("m").aliases["cas"] == 1
-    again = view.move_alias("m", "cas", None, "2")  # expected unset, but it is set
-    assert (again.moved, again.actual) == (False, "1") and _public(b, "m", "cas") == "1"
-    assert view.move_alias("m", "cas", "1", "2").moved and _public(b, "m", "cas") == "2"
-    b.client.set_registered_model_alias("m", "cas", "3")  # someone outside rayorch
-    stale = view.move_alias("m", "cas", "2", "1")
-    assert (stale.moved, stale.actual) == (False, "3") and "outside rayorch" in stale.reason
-    assert _public(b, "m", "cas") == "3"  # not overwritten
-    gone = view.move_alias("m", "cas", "3", "99")  # no such version: never aliased
-    assert (gone.moved, gone.actual) == (False, "3") and "deleted" in gone.reason
+def test_alias_row_compare_and_set_and_settlement(tmp_path):
+    """The row is claimed only from the revision read; a lost claim writes nothing; settling
+    keeps a moved version and puts the previous one back otherwise, once."""
+    log = AuditLog(f"sqlite:///{tmp_path / 'ledger.db'}")
+    key = AliasKey("reg", "m", "a")
+
+    def claim(seen, target, audit_id):
+        with log.engine.begin() as c:
+            return alias_rows.claim(c, key, seen, target, audit_id)
+
+    def settle(audit_id, moved):
+        with log.engine.begin() as c:
+            alias_rows.settle(c, key, audit_id, moved)
+
+    assert log.recorded(key) is None
+    assert claim(None, "1", 10) and not claim(None, "2", 11)  # the insert is conditional too
+    first = log.recorded(key)
+    assert (first.version, first.revision, first.pending, first.audit_id) == ("1", 1, True, 10)
+    settle(10, moved=True)
+    kept = log.recorded(key)
+    assert (kept.version, kept.revision, kept.pending) == ("1", 1, False)
+    assert claim(kept, "2", 12)
+    assert not claim(kept, "3", 13)  # stale revision: refused, row untouched
+    assert log.recorded(key).version == "2"
+    settle(99, moved=False)  # not the row's attempt: nothing changes
+    assert log.recorded(key).pending
+    settle(12, moved=False)
+    back = log.recorded(key)
+    assert (back.version, back.previous, back.revision, back.pending) == ("1", "1", 3, False)
+    settle(12, moved=False)  # twice: nothing more
+    assert log.recorded(key).revision == 3
+    log.close()
 
 
-def test_coordinator_refuses_a_move_when_the_alias_moved_meanwhile(built, tmp_path):
-    """Between the coordinator's read and its write, an outside writer moves the alias: the
-    write is refused, nothing is overwritten, the audit row is ROLLED_BACK."""
+def test_an_alias_moved_outside_rayorch_is_reported_never_overwritten(built, tmp_path):
+    """After rayorch set the alias, someone moves it in MLflow: a promotion expecting rayorch's
+    version is a CONFLICT naming the outside move, nothing is written; a caller who expects the
+    version MLflow shows (has seen the move) promotes from it."""
     _, b, _, _ = built
     c = Coordinator(b.uri, f"sqlite:///{tmp_path / 'ledger.db'}")
     g = GatesSpec()
-    assert c.promote(PromotionRequest("m", "1", "race", None), g).outcome is Out.APPLIED
-    real = c.view.move_alias
-
-    def outside_writer_first(model, alias, expected, version):
-        b.client.set_registered_model_alias(model, alias, "3")
-        return real(model, alias, expected, version)
-
-    c.view.move_alias = outside_writer_first
-    with pytest.raises(PromotionInterruptedError) as e:
-        c.promote(PromotionRequest("m", "2", "race", "1"), g)
-    assert e.value.fields["actual"] == "3"
-    c.view.move_alias = real
-    assert _public(b, "m", "race") == "3"
-    rows = c.audit.history(b.uri, "m", "race")
+    assert c.promote(PromotionRequest("m", "1", "drift", None), g).outcome is Out.APPLIED
+    b.client.set_registered_model_alias("m", "drift", "3")  # the MLflow UI, a script
+    stale = c.promote(PromotionRequest("m", "2", "drift", "1"), g)
+    assert (stale.outcome, stale.decision.current) == (Out.CONFLICT, "3")
+    assert any(
+        "moved outside rayorch" in r and "last set it to 1" in r for r in stale.decision.reasons
+    )
+    assert _public(b, "m", "drift") == "3"  # not overwritten
+    assert c.audit.recorded(AliasKey(b.uri, "m", "drift")).version == "1"
+    seen = c.promote(PromotionRequest("m", "2", "drift", "3"), g)
+    assert seen.outcome is Out.APPLIED and "promoting from it" in seen.decision.reasons[-1]
+    assert _public(b, "m", "drift") == "2"
+    row = c.audit.recorded(AliasKey(b.uri, "m", "drift"))
+    assert (row.version, row.previous, row.pending) == ("2", "1", False)
+    rows = c.audit.history(b.uri, "m", "drift")
     assert [(r.outcome, r.phase) for r in rows] == [
         (Out.APPLIED, Phase.FINISHED),
-        (Out.APPLIED, Phase.ROLLED_BACK),
+        (Out.CONFLICT, Phase.FINISHED),
+        (Out.APPLIED, Phase.FINISHED),
     ]
-    assert "moved outside rayorch to 3" in rows[-1].reasons[-1]
-    retry = c.promote(PromotionRequest("m", "2", "race", "1"), g)
-    assert (retry.outcome, retry.decision.current) == (Out.CONFLICT, "3")
     c.audit.close()
+
+
+def test_a_claim_lost_between_read_and_write_writes_nothing(built, tmp_path):
+    """Another promoter (one without the model's lock) claims the row between this one's read
+    and its claim: no audit row, no alias move, a conflict error."""
+    _, b, _, _ = built
+    c = Coordinator(b.uri, f"sqlite:///{tmp_path / 'ledger.db'}")
+    g = GatesSpec()
+    assert c.promote(PromotionRequest("m", "1", "lost", None), g).outcome is Out.APPLIED
+    key = AliasKey(b.uri, "m", "lost")
+    stale = c.audit.recorded(key)
+    with c.audit.engine.begin() as conn:  # the other promoter's claim
+        assert alias_rows.claim(conn, key, stale, "3", 999)
+    c.audit.recorded = lambda k: stale  # this promoter read before that claim
+    with pytest.raises(AliasRowMovedError):
+        c.promote(PromotionRequest("m", "2", "lost", "1"), g)
+    del c.audit.recorded
+    assert _public(b, "m", "lost") == "1"
+    assert len(c.audit.history(b.uri, "m", "lost")) == 1
+    c.audit.close()
+
+
+def test_a_pending_claim_of_a_dead_coordinator_is_settled_first(built, tmp_path):
+    """A coordinator claimed the row and died before MLflow moved: the next promotion rolls
+    that attempt back (the row reverts) before deciding, so no drift is mistaken."""
+    _, b, _, _ = built
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    live = Coordinator(b.uri, db)
+    assert live.promote(PromotionRequest("m", "1", "pend", None), GatesSpec()).outcome is (
+        Out.APPLIED
+    )
+    key = AliasKey(b.uri, "m", "pend")
+    dead = AuditLog(db)
+    req = PromotionRequest("m", "2", "pend", "1")
+    decision = decide_promotion(req, "1", live.view.facts("m", "2"), GatesSpec())
+    orphan, _ = dead.begin(b.uri, req, decision, GatesSpec(), None, dead.recorded(key))
+    dead.close()  # died here: STARTED, row pending at 2, MLflow still at 1
+    assert live.audit.recorded(key).pending
+    res = live.promote(PromotionRequest("m", "3", "pend", "1"), GatesSpec())
+    assert res.outcome is Out.APPLIED and res.decision.reasons == ("pend: 1 -> 3",)
+    first = live.audit.get(orphan)
+    assert first.phase is Phase.ROLLED_BACK and "not moved" in first.reasons[-1]
+    assert _public(b, "m", "pend") == "3" == live.audit.recorded(key).version
+    live.audit.close()
 
 
 def test_orphans_of_a_dead_coordinator_are_settled_before_the_next_move(built, tmp_path):
@@ -137,14 +206,14 @@ def test_orphans_of_a_dead_coordinator_are_settled_before_the_next_move(built, t
     live.audit.close()
 
 
-def test_every_copy_of_a_model_digests_to_the_registered_digest(built, monkeypatch):
+def test_every_copy_of_a_model_digests_to_the_registered_digest(built, pin_registry):
     """Registration digests a download; a fresh download (any URI form, marker or not) and a
     copy taken straight from the artifact store give the same digest."""
     import mlflow.artifacts
 
     root, b, _, trained = built
     source = b.client.get_model_version("t", trained.version).source
-    _pin_registry(monkeypatch, b.uri)  # models:/ URIs resolve through the registry URI
+    pin_registry(b.uri)  # models:/ URIs resolve through the registry URI
     for uri in (f"models:/t/{trained.version}", source, f"runs:/{trained.run_id}/model"):
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
@@ -191,31 +260,3 @@ def test_verify_matches_store_copies_and_versions_tagged_before_the_marker_rule(
     )
     other = verify_deployed("m", "production", versions[0].artifact_digest, settings=settings)
     assert other.status is VerifyStatus.DRIFT and other.deployed_version == "1"
-
-
-def test_coordinator_puts_a_local_mlflow_sqlite_in_wal_mode_unless_told_not_to(
-    tmp_path, monkeypatch
-):
-    import sqlite3
-
-    b = RegistryBuilder(str(tmp_path / "reg"))
-    b.logged("w", seed=1)
-    db = str(tmp_path / "reg" / "mlflow.db")
-
-    def mode() -> str:
-        with sqlite3.connect(db) as conn:
-            return conn.execute("PRAGMA journal_mode").fetchone()[0]
-
-    assert mode() == "delete"  # MLflow's default
-    monkeypatch.setenv("RAYORCH_MLFLOW_SQLITE_WAL", "0")
-    Coordinator(b.uri, f"sqlite:///{tmp_path / 'a.db'}").audit.close()
-    assert mode() == "delete"
-    monkeypatch.delenv("RAYORCH_MLFLOW_SQLITE_WAL")
-    c = Coordinator(b.uri, f"sqlite:///{tmp_path / 'b.db'}")
-    assert mode() == "wal"
-    # MLflow's own API keeps working on it, and sees the coordinator's moves
-    assert c.promote(PromotionRequest("w", "1", "prod", None), GatesSpec()).outcome is (Out.APPLIED)
-    assert _public(b, "w", "prod") == "1"
-    b.client.set_registered_model_alias("w", "other", "1")
-    assert c.view.current("w", "other") == "1"
-    c.audit.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rayorch.errors import IllegalTransitionError
+from rayorch.registry.alias_rows import AliasKey
 from rayorch.registry.audit import AuditLog, Phase, who_am_i
 from rayorch.registry.decisions import (
     PromotionDecision,
@@ -48,12 +49,15 @@ def test_phases_history_and_illegal_transitions(db_url):
     try:
         who = who_am_i("test")
         r1 = PromotionRequest("m", "1", "production", None, who=who)
+        key = AliasKey(reg, "m", "production")
         a = log.record(
-            reg, r1, _decision(PromotionOutcome.APPLIED, None, "1"), GatesSpec(), "d" * 64
+            reg, r1, _decision(PromotionOutcome.APPLIED, None, "1"), GatesSpec(), "d" * 64, None
         )
+        assert log.recorded(key).pending  # claimed with the STARTED row
         assert log.get(a).phase is Phase.STARTED  # write-ahead: not finished before the move
         assert [r.id for r in log.started(reg)] == [a]
-        log.transition(a, Phase.FINISHED)
+        log.transition(a, Phase.FINISHED, key=key)
+        assert (log.recorded(key).version, log.recorded(key).pending) == ("1", False)
         with pytest.raises(IllegalTransitionError) as err:
             log.transition(a, Phase.ROLLED_BACK)
         assert err.value.fields["phase"] == "FINISHED"
@@ -64,8 +68,11 @@ def test_phases_history_and_illegal_transitions(db_url):
         b = log.record(
             reg, PromotionRequest("m", "2", "production", "1", who=who),
             _decision(PromotionOutcome.APPLIED, "1", "2"), GatesSpec(max_loss_ratio=2.0), None,
+            log.recorded(key),
         )  # fmt: skip
-        log.transition(b, Phase.ROLLED_BACK, "alias names 1, not moved")
+        assert log.recorded(key).version == "2"
+        log.transition(b, Phase.ROLLED_BACK, "alias names 1, not moved", key)
+        assert log.recorded(key).version == "1"  # the claim was put back
         assert log.started(reg) == []
 
         hist = log.history(reg, "m")
@@ -91,9 +98,11 @@ def test_phases_history_and_illegal_transitions(db_url):
 WORKER = r"""
 import sys
 import time
+from rayorch.registry.alias_rows import AliasKey
 from rayorch.registry.audit import AuditLog, Phase
 from rayorch.registry.decisions import PromotionDecision, PromotionOutcome, PromotionRequest
 from rayorch.spec import GatesSpec
+key = AliasKey(sys.argv[2], "m", "production")
 url, reg, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 log = AuditLog(url)
 while time.time() < float(sys.argv[4]):  # start together
@@ -105,8 +114,9 @@ for _ in range(n):
         nxt = str(int(cur) + 1)
         time.sleep(0.002)  # widen the window a lost update needs
         d = PromotionDecision(PromotionOutcome.APPLIED, (), cur, nxt)
-        rid = log.record(reg, PromotionRequest("m", nxt, "production", cur), d, GatesSpec(), None)
-        log.transition(rid, Phase.FINISHED)  # ... then write: only safe under the lock
+        req = PromotionRequest("m", nxt, "production", cur)
+        rid = log.record(reg, req, d, GatesSpec(), None, log.recorded(key))  # claims the row
+        log.transition(rid, Phase.FINISHED, key=key)  # ... then write: only safe under the lock
 print("ok")
 """
 
@@ -136,6 +146,8 @@ def test_lock_serializes_read_then_write_across_processes(db_url, tmp_path):
         assert [(s.from_version, s.to_version) for s in steps] == [
             (str(i), str(i + 1)) for i in range(40)
         ]
+        row = log.recorded(AliasKey(reg, "m", "production"))
+        assert (row.version, row.revision, row.pending) == ("40", 40, False)
         assert (
             json.loads(json.dumps([h.to_dict() for h in log.history(reg, "m")]))[-1]["to_version"]
             == "40"

@@ -98,6 +98,28 @@ def test_decide_promotion_table(request_, current, facts, gates, outcome, reason
     assert any(reason_part in r for r in d.reasons), d.reasons
 
 
+# (expected, MLflow's alias, rayorch's row) -> outcome, a reason part, whether drift is named
+@pytest.mark.parametrize(
+    ("expected", "current", "recorded", "outcome", "part", "drift_named"),
+    [
+        ("1", "1", "1", Out.APPLIED, "1 -> 2", False),  # row and MLflow agree
+        ("1", "1", None, Out.APPLIED, "1 -> 2", False),  # set outside, never by rayorch
+        ("1", "3", "1", Out.CONFLICT, "names 3, not the expected 1", True),  # moved outside
+        ("3", "3", "1", Out.APPLIED, "promoting from it as expected", True),  # seen by caller
+        ("1", None, "1", Out.CONFLICT, "names none", True),  # deleted outside rayorch
+        ("1", "2", "1", Out.ALREADY_TARGET, "already names 2", False),  # moved to the target
+        ("1", "3", "3", Out.CONFLICT, "names 3", False),  # a plain stale expectation
+    ],
+)
+def test_drift_of_an_alias_moved_outside_rayorch(
+    expected, current, recorded, outcome, part, drift_named
+):
+    d = decide_promotion(req("2", expected), current, GOOD, GatesSpec(), recorded=recorded)
+    assert d.outcome is outcome
+    assert any(part in r for r in d.reasons), d.reasons
+    assert any("moved outside rayorch" in r for r in d.reasons) is drift_named, d.reasons
+
+
 @pytest.mark.parametrize(
     ("facts", "gates", "fails"),
     [

@@ -312,15 +312,18 @@ def test_verify_reads_deployed_directories_and_uris(reg, monkeypatch):
     assert drift.status is VerifyStatus.DRIFT and drift.deployed_version == "2"
     assert drift.expected_digest == versions["trained"].artifact_digest
     # a server that pulled models:/fraud-detector/1 (MLflow adds its download marker) matches
-    # (MLflow's global registry URI for this test only: set_registry_uri would leak it)
-    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", b.uri)
+    # (MLflow's global registry URI for this test only, unset afterwards)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", b.uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        pulled = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL}/1", dst_path=tmp, tracking_uri=b.uri
-        )
-        assert os.path.exists(os.path.join(pulled, "registered_model_meta"))
-        same = verify_deployed(MODEL, "edge", pulled, settings=settings)
+    mlflow.set_registry_uri(b.uri)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            pulled = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{MODEL}/1", dst_path=tmp, tracking_uri=b.uri
+            )
+            assert os.path.exists(os.path.join(pulled, "registered_model_meta"))
+            same = verify_deployed(MODEL, "edge", pulled, settings=settings)
+    finally:
+        mlflow.set_registry_uri(None)  # unset: follows the tracking URI again
     assert same.status is VerifyStatus.MATCH and same.deployed_version == "1"
 
 

@@ -6,9 +6,11 @@ names the target) or ``ROLLED_BACK`` (it does not). Attempts that move nothing (
 CONFLICT, REJECTED) are written ``FINISHED`` at once. A ``STARTED`` row with no live writer is
 settled by reading the real alias (see ``coordinator.settle``): never left half-done.
 
-Promotions of one model are also serialized by a lock held in the same database's realm
-(``locks.ModelLock``), so two coordinators that do not share a Ray cluster still cannot
-interleave a compare-and-set.
+An APPLIED attempt's ``STARTED`` row and its claim of the alias row (``alias_rows``: the
+compare-and-set) commit in one transaction; its completion and the claim's settlement in
+another. Promotions of one model are also serialized by a lock held in the same database's
+realm (``locks.ModelLock``), so two coordinators that do not share a Ray cluster still cannot
+interleave a compare-and-set; the row's revision check holds even where the lock is lost.
 """
 
 from __future__ import annotations
@@ -38,13 +40,17 @@ from sqlalchemy import (
 )
 
 from rayorch.errors import IllegalTransitionError, InfrastructureError
-from rayorch.ledger.store import _make_engine
+from rayorch.ledger.engine import _make_engine
+from rayorch.ledger.schema import metadata as ledger_metadata
+from rayorch.registry import alias_rows
+from rayorch.registry.alias_rows import AliasKey, RecordedAlias
 from rayorch.registry.decisions import (
     AppliedStep,
     PromotionDecision,
     PromotionOutcome,
     PromotionRequest,
 )
+from rayorch.registry.errors import AliasRowMovedError
 from rayorch.registry.locks import ModelLock
 from rayorch.spec import GatesSpec
 
@@ -171,6 +177,9 @@ class AuditLog:
         self._lock = ModelLock(self.engine, url)
         try:
             metadata.create_all(self.engine, checkfirst=True)
+            ledger_metadata.create_all(
+                self.engine, tables=[alias_rows.registry_aliases], checkfirst=True
+            )
         except Exception as e:
             if "already exists" not in str(e) and "UniqueViolation" not in type(e).__name__:
                 raise InfrastructureError(
@@ -194,10 +203,15 @@ class AuditLog:
         decision: PromotionDecision,
         gates: GatesSpec,
         artifact_digest: str | None,
+        seen: RecordedAlias | None = None,
     ) -> tuple[int, list[PromotionRecord]]:
         """Write one attempt (APPLIED is written STARTED: the alias has not moved yet) and, in
         the same transaction, return the model's attempts still STARTED before it. The caller
-        holds the model's lock, so those have no live writer: settle them before moving."""
+        holds the model's lock, so those have no live writer: settle them before moving.
+
+        An APPLIED attempt also claims the alias row from ``seen`` (the row as the caller read
+        it) in the same transaction; if the row changed since, nothing is written and
+        :class:`AliasRowMovedError` is raised."""
         now = time.time()
         applied = decision.outcome is PromotionOutcome.APPLIED
         values = {
@@ -226,10 +240,30 @@ class AuditLog:
         with self.engine.begin() as c:
             left = [_row(r) for r in c.execute(orphans.order_by(promotions.c.id))]
             new_id = int(c.execute(insert(promotions).values(**values)).inserted_primary_key[0])
+            key = AliasKey(registry, request.model, request.alias)
+            if applied and not alias_rows.claim(c, key, seen, decision.target, new_id):
+                raise AliasRowMovedError(
+                    f"another promoter moved {request.alias} of {request.model!r} in rayorch's "
+                    "alias row meanwhile (a coordinator without the model's lock?); nothing was "
+                    "written. Retry for a fresh decision.",
+                    model=request.model,
+                    alias=request.alias,
+                )
         return new_id, left
 
-    def transition(self, record_id: int, to: Phase, note: str | None = None) -> None:
-        """Move a STARTED attempt to a terminal phase: one conditional UPDATE."""
+    def recorded(self, key: AliasKey) -> RecordedAlias | None:
+        """rayorch's row for the alias: what it last set, and whether a move is unsettled."""
+        with self.engine.connect() as c:
+            found = alias_rows.read(c, key)
+            c.rollback()
+        return found
+
+    def transition(
+        self, record_id: int, to: Phase, note: str | None = None, key: AliasKey | None = None
+    ) -> None:
+        """Move a STARTED attempt to a terminal phase: one conditional UPDATE; with ``key``,
+        its claim of the alias row is settled in the same transaction (kept when FINISHED,
+        reverted when ROLLED_BACK)."""
         if to not in TRANSITIONS[Phase.STARTED]:
             raise IllegalTransitionError(f"no promotion may become {to.value}", to=to.value)
         values: dict[str, Any] = {"phase": to.value, "finished_at": time.time()}
@@ -244,6 +278,8 @@ class AuditLog:
                 .where(promotions.c.id == record_id, promotions.c.phase == Phase.STARTED.value)
                 .values(**values)
             ).rowcount
+            if done == 1 and key is not None:
+                alias_rows.settle(c, key, record_id, moved=to is Phase.FINISHED)
         if done != 1:
             now = self.get(record_id).phase
             raise IllegalTransitionError(

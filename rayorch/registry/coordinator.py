@@ -8,11 +8,14 @@ finish the row. The actor keeps no state that is not in the ledger or MLflow: ki
 restarted (``max_restarts=-1``), it first settles what it left ``STARTED`` and then answers as
 before.
 
-Crash-ordering invariant: the audit row is committed ``STARTED`` before the alias moves, and a
-``STARTED`` row is settled only under the per-model lock, so no live promotion is ever settled.
-Settling reads the real alias: at the target -> ``FINISHED`` (the move happened); elsewhere ->
-``ROLLED_BACK`` (it did not). rayorch never re-applies a move its caller saw fail; a caller that
-retries gets ``ALREADY_TARGET`` or a fresh decision.
+Crash-ordering invariant: the audit row is committed ``STARTED``, together with the claim of
+rayorch's alias row (the compare-and-set, ``alias_rows``), before the alias is set in MLflow;
+a ``STARTED`` row is settled only under the per-model lock, so no live promotion is ever
+settled. Settling reads the real alias: at the target -> ``FINISHED`` (the move happened; the
+row keeps it); elsewhere -> ``ROLLED_BACK`` (it did not; the row is put back). rayorch never
+re-applies a move its caller saw fail; a caller that retries gets ``ALREADY_TARGET`` or a fresh
+decision. An alias moved outside rayorch (MLflow's alias differs from the row) is reported,
+never overwritten, see ``decisions.alias_drift``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayorch.errors import InfrastructureError, RayorchError
+from rayorch.registry.alias_rows import AliasKey
 from rayorch.registry.audit import AuditLog, Phase, PromotionRecord, who_am_i
 from rayorch.registry.decisions import (
     PromotionDecision,
@@ -79,8 +83,6 @@ class Coordinator:
         self.registry = tracking_uri
         self.db_url = db_url
         self.view = RegistryView(tracking_uri)
-        if self.view.sql is not None:
-            self.view.sql.prefer_wal()
         self.audit = AuditLog(db_url)
         self._crash_at: str | None = None  # test hook; deliberately lost on restart
         self._crash_mode = "exit"
@@ -112,12 +114,12 @@ class Coordinator:
     def _settle(self, rec: PromotionRecord, note: str = "settled on recovery") -> PromotionRecord:
         """Finish or roll back a STARTED attempt by what MLflow's alias actually says."""
         actual = self.view.current(rec.model, rec.alias)
+        key = AliasKey(self.registry, rec.model, rec.alias)
         if actual == rec.to_version:
-            self.audit.transition(rec.id, Phase.FINISHED, f"{note}: the alias was moved")
+            self.audit.transition(rec.id, Phase.FINISHED, f"{note}: the alias was moved", key)
         else:
-            self.audit.transition(
-                rec.id, Phase.ROLLED_BACK, f"{note}: the alias names {actual or 'none'}, not moved"
-            )
+            why = f"{note}: the alias names {actual or 'none'}, not moved"
+            self.audit.transition(rec.id, Phase.ROLLED_BACK, why, key)
         return self.audit.get(rec.id)
 
     # -- promotions -------------------------------------------------------------------------
@@ -143,14 +145,21 @@ class Coordinator:
             return self._promote_locked(req, gates)
 
     def _promote_locked(self, request: PromotionRequest, gates: GatesSpec) -> PromotionResult:
+        key = AliasKey(self.registry, request.model, request.alias)
+        seen = self.audit.recorded(key)
+        if seen is not None and seen.pending:  # a dead coordinator's claim: settle it first
+            self._settle(self.audit.get(seen.audit_id))
+            seen = self.audit.recorded(key)
         current = self.view.current(request.model, request.alias)
         facts = self.view.facts(request.model, request.version)
-        decision = decide_promotion(request, current, facts, gates)
-        # Write-ahead: the attempt is durable before the alias moves. The same transaction
-        # returns attempts of this model a dead coordinator left STARTED; settling them reads
-        # the alias and never moves it, so the decision above stays valid.
+        recorded = seen.version if seen is not None else None
+        decision = decide_promotion(request, current, facts, gates, recorded=recorded)
+        # Write-ahead: the attempt and its claim of the alias row are durable before MLflow is
+        # touched. The same transaction returns attempts of this model a dead coordinator left
+        # STARTED (other aliases, or from before alias rows); settling them reads the alias
+        # and never moves it, so the decision above stays valid.
         audit_id, orphans = self.audit.begin(
-            self.registry, request, decision, gates, facts.artifact_digest
+            self.registry, request, decision, gates, facts.artifact_digest, seen
         )
         for rec in orphans:
             self._settle(rec)
@@ -158,7 +167,7 @@ class Coordinator:
             return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
         self._maybe_crash("after_started")
         try:
-            move = self.view.move_alias(request.model, request.alias, current, request.version)
+            self.view.set_alias(request.model, request.alias, request.version)
         except Exception as e:
             rec = self._settle(self.audit.get(audit_id), f"MLflow failed: {e}")
             if rec.phase is not Phase.FINISHED:
@@ -168,18 +177,8 @@ class Coordinator:
                     audit_id=audit_id,
                 ) from e
             return PromotionResult(decision, request.model, request.alias, audit_id, rec.phase)
-        if not move.moved:  # the compare-and-set in MLflow's database refused: nothing written
-            rec = self._settle(self.audit.get(audit_id), f"not moved: {move.reason}")
-            if rec.phase is Phase.FINISHED:  # moved outside rayorch to this very target
-                return PromotionResult(decision, request.model, request.alias, audit_id, rec.phase)
-            raise PromotionInterruptedError(
-                f"{request.alias} of {request.model!r} was not moved: {move.reason} (audit "
-                f"{audit_id} ROLLED_BACK; nothing was overwritten). Retry for a fresh decision.",
-                audit_id=audit_id,
-                actual=move.actual,
-            )
         self._maybe_crash("after_alias")
-        self.audit.transition(audit_id, Phase.FINISHED)
+        self.audit.transition(audit_id, Phase.FINISHED, key=key)
         return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
 
     # -- test hook: die at a named point (real process death, not an exception) --------------

@@ -124,13 +124,20 @@ def decide_promotion(
     current: str | None,
     facts: VersionFacts,
     gates: GatesSpec,
+    *,
+    recorded: str | None = None,
 ) -> PromotionDecision:
     """Decide one compare-and-set promotion.
+
+    ``current`` is the version MLflow's alias names; ``recorded`` the version rayorch last set
+    it to (its own row, see ``alias_rows``; None when rayorch never moved it).
 
     Order: a reserved alias name, an unknown or a not-READY version is REJECTED; an alias already at the target is
     ALREADY_TARGET (idempotent retries, e.g. after a coordinator crash, succeed); a version that
     fails a gate is REJECTED; an alias not at ``expected_current`` is a CONFLICT naming the
-    actual current version; otherwise APPLIED.
+    actual current version (and, when it was moved outside rayorch, saying so); otherwise
+    APPLIED. An alias moved outside rayorch is promoted from only by a caller whose
+    ``expected_current`` names where it was moved: that caller has seen the move.
     """
     target = request.version
 
@@ -152,13 +159,28 @@ def decide_promotion(
     failed = evaluate_gates(facts, gates)
     if failed:
         return out(PromotionOutcome.REJECTED, *failed)
+    drift = alias_drift(request.alias, recorded, current)
     if current != request.expected_current:
         return out(
             PromotionOutcome.CONFLICT,
             f"{request.alias} names {_v(current)}, not the expected "
             f"{_v(request.expected_current)}; re-read it and retry with --expect {_v(current)}",
+            *((drift,) if drift else ()),
         )
-    return out(PromotionOutcome.APPLIED, f"{request.alias}: {_v(current)} -> {target}")
+    moved = f"{request.alias}: {_v(current)} -> {target}"
+    if drift:
+        return out(PromotionOutcome.APPLIED, moved, f"{drift}; promoting from it as expected")
+    return out(PromotionOutcome.APPLIED, moved)
+
+
+def alias_drift(alias: str, recorded: str | None, current: str | None) -> str | None:
+    """Why the alias is not where rayorch last set it (moved outside rayorch), or None."""
+    if recorded is None or recorded == current:
+        return None
+    return (
+        f"{alias} was moved outside rayorch: rayorch last set it to {recorded}, MLflow names "
+        f"{_v(current)}"
+    )
 
 
 _RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$")

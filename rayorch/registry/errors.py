@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rayorch.errors import ConfigError, InfrastructureError, NotFoundError
+from rayorch.errors import ConfigError, ConflictError, InfrastructureError, NotFoundError
 
 
 class NothingToRollBackError(NotFoundError):
@@ -15,3 +15,7 @@ class CoordinatorMismatchError(ConfigError):
 
 class PromotionInterruptedError(InfrastructureError):
     """MLflow failed while moving the alias; the attempt was settled (see its audit row)."""
+
+
+class AliasRowMovedError(ConflictError):
+    """rayorch's alias row changed between a promotion's read and its claim (nothing written)."""

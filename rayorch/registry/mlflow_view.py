@@ -1,7 +1,10 @@
 """The registry as rayorch sees it: a narrow interface over MLflow's model registry.
 
-Only this module (with ``alias_sql``) and ``lineage.tracking`` talk to MLflow for the registry.
-It reads the facts a promotion decision needs and moves an alias; it decides nothing.
+Only this module and ``lineage.tracking`` talk to MLflow for the registry, and only through
+MLflow's public client API (``MlflowClient``), so the same code works on a local store and on a
+tracking server (``http://…``). It reads the facts a promotion decision needs and sets an
+alias; it decides nothing. The compare-and-set is not here: MLflow has no conditional alias
+write, so it is rayorch's own row (``alias_rows``), claimed before the alias is set.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import tempfile
 
 from rayorch.errors import InfrastructureError
 from rayorch.lineage.tracking import directory_digest
-from rayorch.registry.alias_sql import AliasMove, SqlAliases
 from rayorch.registry.decisions import VersionFacts
 
 TAG_ARTIFACT_DIGEST = "rayorch.artifact_digest"
@@ -42,19 +44,13 @@ class RegistryView:
         # re-checked by the alias write itself (and evicts the entry). The cache is derived
         # from MLflow and rebuilt on restart. The alias itself is never cached.
         self._facts: dict[tuple[str, str], VersionFacts] = {}
-        self._checked_models: set[str] = set()
-        self.sql = SqlAliases.of(self.client)  # None: not a SQL store, public API only
 
     def current(self, model: str, alias: str) -> str | None:
         """The version ``alias`` names now, or None when unset (or the model is unknown).
 
-        Always read from MLflow, never cached: the compare-and-set is against the real alias.
-        On a SQL store the alias row alone is read (one query, see ``alias_sql``); on any
-        other store (a tracking server) the public ``get_model_version_by_alias``.
+        Always read from MLflow, never cached: the decision is against the real alias.
         """
         try:
-            if self.sql is not None and alias.lower() != "latest":  # 'latest' is not a row
-                return self.sql.read(model, alias)
             return str(self.client.get_model_version_by_alias(model, alias).version)
         except Exception as e:
             if _missing(e):
@@ -103,35 +99,12 @@ class RegistryView:
         )
         return facts, facts.status == "READY" and run_ended
 
-    def move_alias(self, model: str, alias: str, expected: str | None, version: str) -> AliasMove:
-        """Move ``alias`` from ``expected`` to ``version``: an atomic compare-and-set in MLflow's
-        database on a SQL store; elsewhere the public (last-writer-wins) call, which the
-        coordinator's serialization makes safe among rayorch promoters."""
-        if self.sql is None:
-            self.set_alias(model, alias, version)
-            return AliasMove(True, version)
-        try:
-            move = self.sql.compare_and_set(model, alias, expected, version)
-        except Exception as e:
-            raise self._infra("set an alias of", model, e) from e
-        if not move.moved:
-            self._facts.pop((model, version), None)  # it may have been deleted: re-read
-        return move
-
     def set_alias(self, model: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version`` (MLflow's public, unconditional call)."""
         try:
-            if model not in self._checked_models:
-                # The public call re-reads the whole model each time (to refuse prompts);
-                # do that once per model, then write through the registry client alone.
-                self.client.set_registered_model_alias(model, alias, version)
-                self._checked_models.add(model)
-                return
-            registry = getattr(self.client, "_get_registry_client", None)
-            if registry is None:
-                self.client.set_registered_model_alias(model, alias, version)
-            else:
-                registry().set_registered_model_alias(model, alias, version)
+            self.client.set_registered_model_alias(model, alias, version)
         except Exception as e:
+            self._facts.pop((model, version), None)  # e.g. deleted meanwhile: re-read it
             raise self._infra("set an alias of", model, e) from e
 
     def version_digests(self, model: str) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Versions are registered the way training registers them (``Tracker.register_model``: a logged
 torch model, ``rayorch.artifact_digest`` tag) or, when many are needed quickly, as further
 versions of an already-logged model with their own runs and metrics. Nothing here is a fake:
-it is MLflow on SQLite with local artifacts.
+it is MLflow on SQLite with local artifacts, or a real tracking server when given its URI.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ def tracking_uri_for(root: str) -> str:
 
 
 class RegistryBuilder:
-    def __init__(self, root: str, experiment: str = "registry-tests") -> None:
+    def __init__(
+        self, root: str, experiment: str = "registry-tests", uri: str | None = None
+    ) -> None:
         from rayorch.lineage.tracking import Tracker
 
         self.root = os.path.abspath(root)
-        self.uri = tracking_uri_for(root)
+        self.uri = uri or tracking_uri_for(root)
         self.tracker = Tracker(self.uri, artifact_root=os.path.join(self.root, "artifacts"))
         self.client = self.tracker.client
         self.experiment_id = self.tracker.experiment_id(experiment)
