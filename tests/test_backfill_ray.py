@@ -12,7 +12,7 @@ import pytest
 from rayorch.api import generate_data, open_ledger, run_backfill
 from rayorch.backfill.machine import Phase
 from rayorch.data.generate import Faults
-from rayorch.data.outputs import read_manifests, read_table
+from rayorch.data.tables import StepTable, committed_rows
 from rayorch.ledger.states import BackfillState, UnitState
 from rayorch.partitions import PartitionKey
 from rayorch.spec import load_pipeline
@@ -34,9 +34,9 @@ def _raw_ids(settings, spec, key):
 
 
 def _feature_ids(settings, spec, keys):
-    manifests, missing = read_manifests(settings.resolve(spec.features.output), keys)
-    assert missing == []
-    return read_table(manifests).column("transaction_id").to_pylist()
+    live = StepTable.for_spec(spec, settings).live(keys)
+    assert sorted(live) == sorted(map(str, keys))  # every partition committed
+    return committed_rows(spec, settings, keys).column("transaction_id").to_pylist()
 
 
 def test_backfill_exactly_once_rerun_and_reprocess(ray_session, tmp_path, settings):
@@ -110,8 +110,7 @@ def test_duplicate_output_keys_refuse_commit(ray_session, tmp_path, settings):
     assert "DuplicateKeysError" in s.errors[key] and "SF-20261001-00-00000" in s.errors[key]
     ledger = open_ledger(settings)
     assert ledger.get_units([key])[key].attempts == 1  # a data error is not retried
-    out = settings.resolve(spec.features.output)
-    assert read_manifests(out, [PartitionKey.of(city="SF", date=DAYS[0])])[1] != []
+    assert StepTable.for_spec(spec, settings).live([PartitionKey.of(city="SF", date=DAYS[0])]) == {}
     ledger.close()
 
 
@@ -170,9 +169,7 @@ def test_cancel_releases_claims(ray_session, tmp_path, settings):
     result = {}
     t = threading.Thread(
         target=lambda: result.update(
-            s=run_backfill(
-                spec, DAYS[0], DAYS[1], settings=settings, max_concurrency=2, lease_s=1.5
-            )
+            s=run_backfill(spec, DAYS[0], DAYS[1], settings=settings, max_concurrency=2)
         )
     )
     t.start()
@@ -180,9 +177,12 @@ def test_cancel_releases_claims(ray_session, tmp_path, settings):
     while not ledger.list_backfills() and time.time() < deadline:
         time.sleep(0.1)
     bf = ledger.list_backfills()[0]
-    time.sleep(1.2)
-    ledger.request_cancel(bf.id)
+    while ledger.unit_counts(bf.id)["RUNNING"] < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    t0 = time.time()
+    ledger.request_cancel(bf.id)  # with the default 60 s lease: seen within seconds
     t.join(timeout=60)
+    assert time.time() - t0 < 10
     s = result["s"]
     assert s.state is BackfillState.CANCELLED
     assert ledger.get_backfill(bf.id).state is BackfillState.CANCELLED

@@ -80,6 +80,7 @@ class DriverOptions:
     sensor_poll_s: float = 5.0
     yield_timeout_s: float = 120.0  # bound for running units to checkpoint and stop
     max_wait_s: float = 1.0  # longest the loop blocks on work (heartbeats, flags, timers)
+    cancel_poll_s: float = 2.0  # how often a cancel request is looked for between heartbeats
 
 
 #: Progress callback: (event, unit or None, detail). Events: start, claimed, done, skipped,
@@ -95,15 +96,28 @@ class _Lease:
     """Heartbeats from the driver loop (deterministic with an injected clock). A failed beat
     is logged with its error; past the lease without one, the lease is lost."""
 
-    def __init__(self, ledger: Ledger, own: Ownership, lease_s: float, now: float) -> None:
+    def __init__(
+        self, ledger: Ledger, own: Ownership, lease_s: float, now: float, cancel_poll_s: float
+    ) -> None:
         self.ledger, self.own, self.lease_s = ledger, own, lease_s
+        self.cancel_poll_s = cancel_poll_s
         self.last_ok = now
         self.next_at = now + lease_s / 3
+        self.next_cancel_check = now + cancel_poll_s
         self.cancelled = False
         self.lost: Stop | None = None
 
     def maybe_beat(self, now: float) -> None:
-        if self.lost is not None or now < self.next_at:
+        if self.lost is not None:
+            return
+        if now >= self.next_cancel_check and now < self.next_at:
+            # `rayorch backfill cancel` takes effect within seconds, not a third of a lease.
+            self.next_cancel_check = now + self.cancel_poll_s
+            try:
+                self.cancelled = self.ledger.cancel_requested(self.own) or self.cancelled
+            except Exception as e:  # the heartbeat below reports database trouble
+                log.debug("cancel check failed: %s", e)
+        if now < self.next_at:
             return
         self.next_at = now + min(self.lease_s / 3, 5.0)
         try:
@@ -214,7 +228,7 @@ class BackfillDriver:
                 gated=self.gate is not None,
             ),
         )
-        lease = _Lease(ledger, own, opened.backfill.lease_s, self.clock())
+        lease = _Lease(ledger, own, opened.backfill.lease_s, self.clock(), opt.cancel_poll_s)
         stops: set[StopReason] = set()
         events: list[Event] = []
         try:
@@ -420,33 +434,41 @@ class BackfillDriver:
         }
         errors = self.ledger.commit_many(own, items, versions)
         events: list[Event] = []
+        accepted = []
         for (unit, token, result), (_, _, output), err in zip(a.items, items, errors, strict=True):
             if err is not None:
                 events.append(Committed(unit.run_key, token, err.message))
-                continue
-            # Crash point: the ledger has the commit; publish is rolled forward on resume.
-            self.crash("after_commit")
-            extra = self.executor.publish(unit, token, result)
+            else:
+                accepted.append((unit, token, result, output))
+        if not accepted:
+            return events
+        # Crash point: the ledger has the commits; the publish is rolled forward on resume.
+        self.crash("after_commit")
+        # Ledger commit, THEN table commit: one publish for the whole batch (one Iceberg
+        # commit for every feature partition), which skips any token older than the live one.
+        extras = self.executor.publish_many([(u, t, r) for u, t, r, _ in accepted])
+        for (unit, token, _, output), extra in zip(accepted, extras, strict=True):
             if extra:
                 self.ledger.amend_output(own, unit.run_key, token, extra)
-            self.crash("after_publish")
             self._outputs[unit.run_key] = {**output, **(extra or {})}
             events.append(Committed(unit.run_key, token))
+        self.crash("after_publish")
         return events
 
     def _reconcile(self, own: Ownership, rows: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Roll forward publishes a crash interrupted; re-run committed units whose output is
         gone (a resume never wedges on them)."""
         reconciled, invalidated = [], []
+        done = []
         for u in self.plan.units:
             row = rows.get(u.run_key)
-            if row is None or row.state.value != "DONE":
-                continue
-            got = self.executor.reconcile(u, row.committed_token or 0, row.output)
+            if row is not None and row.state.value == "DONE":
+                done.append((u, row.committed_token or 0, row.output))
+        for (u, token, _), got in zip(done, self.executor.reconcile_many(done), strict=True):
             if got.outcome is Reconciled.Outcome.ROLLED_FORWARD:
                 reconciled.append(u.run_key)
                 if got.extra:
-                    self.ledger.amend_output(own, u.run_key, row.committed_token or 0, got.extra)
+                    self.ledger.amend_output(own, u.run_key, token, got.extra)
             elif got.outcome is Reconciled.Outcome.MISSING:
                 self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
                 invalidated.append(u.run_key)

@@ -454,6 +454,14 @@ class Ledger(ClaimsMixin):
             ).scalar()
         return bool(flag)
 
+    def cancel_requested(self, owner: Ownership) -> bool:
+        """Was cancellation requested? (a read; the heartbeat also reports it)."""
+        with self.engine.connect() as c:
+            flag = c.execute(
+                select(backfills.c.cancel_requested).where(backfills.c.id == owner.backfill_id)
+            ).scalar()
+        return bool(flag)
+
     def expire_owner(self, bf: BackfillRow, why: str) -> bool:
         """A newcomer found ``bf``'s driver dead: end its leases now and fence it out.
 
