@@ -11,11 +11,7 @@ from rayorch.cli.views import backfill_summary, key_date_grid, plan_summary
 from rayorch.ledger.rows import UnitRow
 from rayorch.ledger.states import UnitState
 from rayorch.ledger.store import Ledger
-from rayorch.ui import actions as act
-from rayorch.ui.app import UIConfig, create_app
-from rayorch.ui.charts import line_chart
-from rayorch.ui.cluster import preemptions, slot_rows
-from rayorch.ui.model import (
+from rayorch.status.model import (
     ALL_KEYS,
     CellState,
     build_grid,
@@ -24,7 +20,11 @@ from rayorch.ui.model import (
     split_partition,
     stale_keys,
 )
-from rayorch.ui.reader import ReadModel
+from rayorch.status.reader import ReadModel
+from rayorch.ui import actions as act
+from rayorch.ui.app import UIConfig, create_app
+from rayorch.ui.charts import line_chart
+from rayorch.ui.cluster import preemptions, slot_rows
 from rayorch.ui.server import check_bind
 from rayorch.ui.testing import city_keys, write_backfill
 from tests.conftest import CONFIGS

@@ -28,7 +28,7 @@ from rayorch.cli.common import (
 )
 from rayorch.errors import ConfigError
 from rayorch.ledger.states import BackfillState, Reprocess
-from rayorch.ui.reader import ReadModel
+from rayorch.status.reader import ReadModel
 
 AllOpt = typer.Option(False, "--all", help="Print every unit (default: a summary).")
 StepsOpt = typer.Option(None, "--steps", help="Comma list of steps: features,train (default both).")

@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from rayorch.backfill.plan import AnnotatedUnit, UnitPlanStatus
-from rayorch.ui.model import CELL_ORDER, CellState, split_partition
-from rayorch.ui.reader import BackfillDetail
+from rayorch.status.model import CELL_ORDER, CellState, split_partition
+from rayorch.status.reader import BackfillDetail
 
 #: One character and a style per plan status (single-width, ASCII-safe fallbacks in legend).
 PLAN_GLYPHS: dict[str, tuple[str, str]] = {

@@ -1,6 +1,6 @@
 """`rayorch ui`: the web app over the ledger (see docs/ui.md).
 
-``model`` (pure display states and the partition grid) and ``reader`` (the one adapter over
-the ledger) are shared with the CLI views and notebooks; ``app`` holds the routes, ``actions``
-the dry-run-first actions, ``cluster`` and ``runs`` the scheduler and MLflow reads.
+``app`` holds the routes and templates, ``actions`` the dry-run-first actions, ``cluster`` and
+``runs`` the scheduler and MLflow reads, ``charts`` the SVG curves, ``frames`` the notebook
+helpers. Display states and the ledger adapter are shared with the CLI in ``rayorch.status``.
 """

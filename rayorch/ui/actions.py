@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rayorch.ledger.store import Ledger
-from rayorch.ui.model import CellState
-from rayorch.ui.reader import BackfillDetail
+from rayorch.status.model import CellState
+from rayorch.status.reader import BackfillDetail
 
 
 class ActionKind(str, enum.Enum):

@@ -1,6 +1,6 @@
 """The web app (FastAPI): server-rendered pages and the JSON API they use, over ReadModel.
 
-Thin: every route reads through :class:`~rayorch.ui.reader.ReadModel` (or the scheduler's
+Thin: every route reads through :class:`~rayorch.status.reader.ReadModel` (or the scheduler's
 status API for the cluster page) and renders a template; actions are planned by
 :mod:`rayorch.ui.actions`, shown as a dry run, and run only after a POST carrying the page's
 CSRF token, and only when the app was created with ``allow_actions``.
@@ -27,10 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from rayorch.errors import ConflictError, NotFoundError, RayorchError
 from rayorch.ledger.store import Ledger
 from rayorch.settings import Settings, load_settings
+from rayorch.status.model import CELL_ORDER, CellState, build_grid, fmt_duration, fmt_ts
+from rayorch.status.reader import ReadModel, VersionsFn
 from rayorch.ui import actions as act
 from rayorch.ui.charts import line_chart
-from rayorch.ui.model import CELL_ORDER, CellState, build_grid, fmt_duration, fmt_ts
-from rayorch.ui.reader import ReadModel, VersionsFn
 
 HERE = Path(__file__).parent
 

@@ -1,6 +1,6 @@
 """The UI's read model for notebooks: a backfill's units as a DataFrame, the grid as a plot.
 
-Same states and colours as the web page (:mod:`rayorch.ui.model`), so a notebook and
+Same states and colours as the web page (:mod:`rayorch.status.model`), so a notebook and
 ``rayorch ui`` never disagree about what is held or stale.
 """
 
@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from rayorch.ledger.store import Ledger
 from rayorch.settings import Settings, load_settings
-from rayorch.ui.model import CELL_ORDER, build_grid
-from rayorch.ui.reader import BackfillDetail, ReadModel
+from rayorch.status.model import CELL_ORDER, build_grid
+from rayorch.status.reader import BackfillDetail, ReadModel
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,7 +3,7 @@
 The ledger is the source of truth; this module turns its rows into display states and a
 partition grid, as functions of the values it is given (rows, the backfill, the clock), so
 the pages, the JSON API, the CLI views and the notebooks agree on what "held" or "stale"
-means. Everything the UI reads from the ledger goes through :mod:`rayorch.ui.reader`; only
+means. Everything the UI reads from the ledger goes through :mod:`rayorch.status.reader`; only
 this module and that one need to change when the ledger's row types do.
 """
 

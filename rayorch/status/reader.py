@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayorch.ledger.store import Ledger
-from rayorch.ui.model import (
+from rayorch.status.model import (
     BackfillView,
     UnitView,
     backfill_view,
