@@ -1,4 +1,11 @@
-"""Ready-made training loops on top of ``TrainSession`` (the examples use these)."""
+"""Ready-made training loops on top of ``TrainSession`` (the examples use these).
+
+Device rule: the model (``prepare_model``), the batches and the loss live on the worker's
+training device (its Ray-assigned GPU when torch has CUDA, else the CPU). Anything leaving
+torch for numpy goes through :func:`to_host` (detached, copied to the CPU: ``.numpy()`` on a
+CUDA tensor raises), and the epoch's sums are all-reduced on the device the process group's
+backend reduces on (:func:`reduce_device`: NCCL only reduces CUDA tensors, gloo CPU ones).
+"""
 
 from __future__ import annotations
 
@@ -40,12 +47,44 @@ def _gather(values: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _batches(shard: Any, columns: list[str], label: str, batch_size: int) -> Any:
-    # "auto" would move batches to the worker's Ray-assigned GPU; a torch without CUDA (a
-    # fake-GPU test cluster) keeps them on the CPU, like the model (see prepare_model).
-    device = "auto" if torch.cuda.is_available() else "cpu"
+def training_device() -> torch.device:
+    """This worker's device: its Ray-assigned GPU when torch has CUDA (``get_device`` gives
+    the CPU to a worker with no GPU), else the CPU, like the model (see ``prepare_model``); a
+    torch without CUDA on a fake-GPU test cluster trains on the CPU."""
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        return torch.device(ray.train.torch.get_device())
+    return torch.device("cpu")
+
+
+def reduce_device(device: torch.device) -> torch.device:
+    """Where a collective must run: ``device`` under NCCL (CUDA tensors only), else the CPU
+    (gloo, or no process group)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return device
+    return torch.device("cpu")
+
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array, from any device (detached from the graph, on the CPU)."""
+    return t.detach().cpu().numpy()
+
+
+def epoch_sums(values: list[float], device: torch.device) -> list[float]:
+    """Sum per-worker totals over all workers (one all-reduce), back on the host."""
+    sums = torch.tensor(values, dtype=torch.float64, device=reduce_device(device))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    return [float(v) for v in to_host(sums)]
+
+
+def _batches(
+    shard: Any, columns: list[str], label: str, batch_size: int, device: torch.device
+) -> Any:
     for batch in shard.iter_torch_batches(
-        batch_size=batch_size, dtypes=torch.float32, device=device
+        batch_size=batch_size, dtypes=torch.float32, device=str(device)
     ):
         x = torch.stack([batch[c] for c in columns], dim=1)
         yield x, batch[label]
@@ -75,13 +114,16 @@ def torch_model_loop(
         if session.state.get("optimizer_state"):
             optimizer.load_state_dict(session.state["optimizer_state"])
     model = session.prepare_model(model)
+    device = training_device()
     loss_fn: nn.Module = nn.BCEWithLogitsLoss() if task == "binary" else nn.MSELoss()
     train_shard, val_shard = session.shard("train"), session.shard("val")
     batch_size = int(ro["batch_size"])
     for epoch in session.epoch_range():
         model.train()
         total, count = 0.0, 0
-        for x, y in session.batches(_batches(train_shard, columns, ro["label"], batch_size)):
+        for x, y in session.batches(
+            _batches(train_shard, columns, ro["label"], batch_size, device)
+        ):
             if before_step is not None:
                 before_step(session)
             optimizer.zero_grad()
@@ -94,19 +136,14 @@ def torch_model_loop(
         model.eval()
         preds, labels, vtotal, vcount = [], [], 0.0, 0
         with torch.no_grad():
-            for x, y in _batches(val_shard, columns, ro["label"], batch_size):
+            for x, y in _batches(val_shard, columns, ro["label"], batch_size, device):
                 out = model(x).squeeze(-1)
                 vtotal += float(loss_fn(out, y)) * len(y)
                 vcount += len(y)
-                preds.append(out.numpy())
-                labels.append(y.numpy())
-        sums = torch.tensor([total, count, vtotal, vcount], dtype=torch.float64)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-        metrics = {
-            "train_loss": float(sums[0] / max(sums[1], 1)),
-            "val_loss": float(sums[2] / max(sums[3], 1)),
-        }
+                preds.append(to_host(out))
+                labels.append(to_host(y))
+        t_sum, t_n, v_sum, v_n = epoch_sums([total, count, vtotal, vcount], device)
+        metrics = {"train_loss": t_sum / max(t_n, 1), "val_loss": v_sum / max(v_n, 1)}
         if metric_fn is not None:
             p = _gather(np.concatenate(preds) if preds else np.zeros(0))
             t = _gather(np.concatenate(labels) if labels else np.zeros(0))
