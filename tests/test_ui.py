@@ -361,3 +361,19 @@ def test_training_curves_from_a_real_mlflow_run(settings):
     assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
     assert 'data-series="train_loss"' in svg.text and 'data-series="val_auc"' in svg.text
     assert c.get("/runs/nope/curves.svg").status_code == 404
+
+
+def test_scoped_training_units_link_to_their_own_page(settings, fraud_spec):
+    ledger = Ledger(settings.db_url)
+    sb = write_backfill(
+        ledger, fraud_spec, "2026-10-02", "2026-10-03", {"city": ["SF", "NYC"]}, "features,train"
+    )
+    ledger.close()
+    train_keys = [u.run_key for u in sb.plan.units if u.step.value == "train"]
+    assert train_keys and all("@city=NYC+SF" in k for k in train_keys)
+    c = TestClient(create_app(UIConfig(settings)))
+    page = c.get(f"/backfills/{sb.backfill_id}", params={"step": "train"}).text
+    hrefs = re.findall(r'<a class="cell [^"]+" href="([^"]+)"', page)
+    assert len(hrefs) == len(train_keys)  # one cell per as-of day, in the "(all keys)" row
+    unit = c.get(hrefs[0], params={"backfill": sb.backfill_id, "fragment": "1"})
+    assert unit.status_code == 200 and train_keys[0] in unit.text

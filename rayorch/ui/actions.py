@@ -55,7 +55,7 @@ def plan_cancel(detail: BackfillDetail) -> ActionPlan:
     bf = detail.backfill
     left = tuple(u.run_key for u in detail.units if not u.state.finished)
     refused = None
-    if not bf.active and bf.state != "PREEMPTED":
+    if not bf.active and bf.state not in ("PREEMPTED", "INCOMPLETE"):  # resumable: cancellable
         refused = f"backfill {bf.id} already ended {bf.state}"
     elif bf.cancel_requested:
         refused = f"cancel of {bf.id} was already requested; its driver stops at the next step"
