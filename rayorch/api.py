@@ -17,6 +17,8 @@ from rayorch.backfill.driver import (
 )
 from rayorch.backfill.executor import RayExecutor, UnitExecutor
 from rayorch.backfill.plan import AnnotatedUnit, BackfillPlan, Step, annotate, plan_backfill
+from rayorch.clustermode import enforce as enforce_cluster_mode
+from rayorch.clustermode import judge_for
 from rayorch.data.generate import Faults, GenerateReport, generate_raw
 from rayorch.env.runtime import enforce_image_policy
 from rayorch.ledger.states import Reprocess
@@ -103,8 +105,13 @@ def run_backfill(
     cluster: Any = None,
     namespace: str | None = None,
     priority: str | None = None,
+    allow_local_state: bool = False,
 ) -> BackfillSummary:
     """Plan and run a backfill on Ray. Re-running the same call skips what is done.
+
+    Attached to a Ray cluster (``RAY_ADDRESS``), node-local state (a SQLite ledger or MLflow
+    store, local storage paths) is refused before the plan runs (``rayorch.clustermode``);
+    ``allow_local_state`` keeps it on a single-node cluster.
 
     With ``resume_id`` the plan is rebuilt from that backfill's recorded parameters. Setting
     ``preempt`` (e.g. from a SIGTERM handler) makes running training units checkpoint and
@@ -132,6 +139,9 @@ def run_backfill(
             gate_args = _gate_args(cluster, namespace, priority, spec, plan.units)
         ensure_ray(st)
         import ray
+
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        enforce_cluster_mode(judge_for(st, spec, alive, allow_local_state))
 
         cpus = ray.cluster_resources().get("CPU", 4)
         opts = DriverOptions(

@@ -49,6 +49,10 @@ class PartitionKeyError(ConfigError):
     """A partition key, dimension or value is not a safe, canonical key."""
 
 
+class LocalStateError(ConfigError):
+    """Attached to a Ray cluster with node-local state (SQLite, local paths): names the setting."""
+
+
 # --- data ---------------------------------------------------------------------------------
 class DataError(RayorchError):
     """Input or output data is not what the pipeline declares."""

@@ -187,6 +187,12 @@ def backfill(
     cluster: str | None = ClusterOpt,
     namespace: str | None = NamespaceOpt,
     priority: str | None = PriorityOpt,
+    allow_local_state: bool = typer.Option(
+        False,
+        "--allow-local-state",
+        help="Attached to a single-node Ray cluster, keep a SQLite ledger/MLflow and local "
+        "paths (refused by default when RAY_ADDRESS is set; never allowed on several nodes).",
+    ),
 ) -> None:
     """Plan and run a backfill over --start..--end x --keys on Ray (re-runs skip done units)."""
     if ctx.invoked_subcommand is not None:
@@ -227,6 +233,7 @@ def backfill(
             cluster=cluster,
             namespace=namespace,
             priority=priority,
+            allow_local_state=allow_local_state,
         )
         _print_summary(summary, as_json)
         if not summary.ok:
