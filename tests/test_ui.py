@@ -377,3 +377,37 @@ def test_scoped_training_units_link_to_their_own_page(settings, fraud_spec):
     assert len(hrefs) == len(train_keys)  # one cell per as-of day, in the "(all keys)" row
     unit = c.get(hrefs[0], params={"backfill": sb.backfill_id, "fragment": "1"})
     assert unit.status_code == 200 and train_keys[0] in unit.text
+
+
+def test_unit_panel_shows_sensor_verdict_and_training_progress(big, settings, tmp_path):
+    from rayorch.train.control import RunFiles
+
+    ledger, sb = big
+    key = sb.running[0]
+    RunFiles(str(tmp_path), "run-1").write_progress(
+        {
+            "status": "running",
+            "epoch": 2,
+            "epochs": 4,
+            "step": 17,
+            "last_checkpoint": {"step": 16, "reason": "every_epochs"},
+            "restarts": 1,
+            "stragglers": [{"rank": 1, "node": "node-abcdef123456789"}],
+        }
+    )
+    sensor = {
+        "status": "PENDING",
+        "missing_sub_partitions": [18, 19],
+        "bad_sub_partitions": [],
+        "reasons": [{"code": "MISSING", "message": "22/24 hours"}],
+    }
+    owner = ledger.get_backfill(sb.backfill_id).ownership
+    ledger.set_progress(
+        owner, key, {"training": {"storage": str(tmp_path), "run_name": "run-1"}, "sensor": sensor}
+    )
+    c = TestClient(create_app(UIConfig(settings)))
+    html = c.get(f"/units/{key}", params={"backfill": sb.backfill_id}).text
+    assert "waiting for data" in html and "missing hours: <b>18, 19</b>" in html
+    assert "2/4" in html and "step 16 (every_epochs)" in html and "rank 1 on node-abcdef1" in html
+    api = c.get(f"/api/units/{key}", params={"backfill": sb.backfill_id}).json()
+    assert api["training"]["restarts"] == 1 and api["unit"]["state"] == "waiting for data"
