@@ -10,12 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,12 @@ from rayorch.registry.audit import AuditLog, Phase
 from rayorch.registry.coordinator import Coordinator
 from rayorch.registry.decisions import PromotionOutcome, PromotionRequest, VerifyStatus
 from rayorch.registry.queries import history, verify_deployed
-from rayorch.registry.testing import RegistryBuilder
+from rayorch.registry.testing import (
+    RegistryBuilder,
+    fresh_database,
+    start_mlflow_server,
+    stop_process_group,
+)
 from rayorch.settings import Settings
 from rayorch.spec import GatesSpec
 
@@ -42,66 +44,6 @@ def _pg_admin_url() -> str:
             pytest.fail("CI=true but RAYORCH_TEST_PG_URL is not set: .ci/run must start PostgreSQL")
         pytest.skip("RAYORCH_TEST_PG_URL not set: the tracking-server tests need PostgreSQL")
     return url
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    """Drop and create database ``name`` on the server of ``admin_url``; its URL."""
-    from sqlalchemy import create_engine, text
-
-    base, _, _ = admin_url.rpartition("/")
-    eng = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        eng.dispose()
-    return f"{base}/{name}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` in its own process group; returns it once /health answers."""
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend.replace("postgresql://", "postgresql+psycopg://", 1),
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    stop_process_group(proc)
-    raise RuntimeError(f"mlflow server did not answer in 120 s: {log.read_text()[-3000:]}")
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the group this test started (the server and its workers), then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")

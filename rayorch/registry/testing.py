@@ -8,10 +8,16 @@ it is MLflow on SQLite with local artifacts, or a real tracking server when give
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import dataclass
-
-from rayorch.data.layout import FileEntry, PartitionManifest
+from pathlib import Path
 
 GOOD = {"train_loss": 0.30, "val_loss": 0.33, "val_auc": 0.91}
 GAP = {"train_loss": 0.30, "val_loss": 2.10, "val_auc": 0.90}  # the duplicate-rows model
@@ -45,12 +51,17 @@ class RegistryBuilder:
         run_id = self.client.create_run(self.experiment_id).info.run_id
         for k, v in metrics.items():
             self.client.log_metric(run_id, k, v)
-        if with_dataset:
-            m = PartitionManifest.build(
-                f"city=SF/date=2026-10-{seed % 28 + 1:02d}",
-                [FileEntry("part-0.parquet", 100, 10, f"{seed:064x}")],
-            )
-            self.tracker.log_dataset(run_id, "features", [m], f"{seed + 1:064x}")
+        if with_dataset:  # a validated training input, as training records it (public API)
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            digest = f"{seed + 1:064x}"
+            source = {"table": "features", "partition": f"city=SF/date=2026-10-{seed % 28 + 1:02d}"}
+            entity = Dataset(
+                name="features", digest=digest[:32], source_type="iceberg",
+                source=json.dumps(source),
+            )  # fmt: skip
+            tag = InputTag("mlflow.data.context", "training")
+            self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[tag])])
         return run_id
 
     def trained(
@@ -109,3 +120,64 @@ class RegistryBuilder:
         self.client.set_model_version_tag(model, mv.version, "rayorch.artifact_digest", digest)
         self.tracker.finish(run_id)
         return MadeVersion(str(mv.version), run_id, digest, source)
+
+
+# --- a real tracking server, for tests and benchmarks ----------------------------------------
+def fresh_database(admin_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``admin_url``; its URL."""
+    from sqlalchemy import create_engine, text
+
+    base, _, _ = admin_url.rpartition("/")
+    eng = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        eng.dispose()
+    return f"{base}/{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` in its own process group; returns it once /health answers."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend.replace("postgresql://", "postgresql+psycopg://", 1),
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop_process_group(proc)
+    raise RuntimeError(f"mlflow server did not answer in 120 s: {log.read_text()[-3000:]}")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the group this test started (the server and its workers), then SIGKILL."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
