@@ -10,6 +10,7 @@ Everything the CLI does is a function here, for notebooks and jobs::
 
 from rayorch.api import generate_data, open_ledger, plan_with_status, run_backfill
 from rayorch.backfill.plan import BackfillPlan, Step, plan_backfill
+from rayorch.data.tables import open_table
 from rayorch.errors import RayorchError
 from rayorch.partitions import PartitionKey
 from rayorch.settings import load_settings
@@ -25,6 +26,7 @@ __all__ = [
     "load_pipeline",
     "load_settings",
     "open_ledger",
+    "open_table",
     "plan_backfill",
     "plan_with_status",
     "run_backfill",

@@ -133,6 +133,12 @@ class ScriptedExecutor:
             return Reconciled(Reconciled.Outcome.ROLLED_FORWARD)
         return Reconciled(Reconciled.Outcome.NOTHING)
 
+    def publish_many(self, items: list[tuple[Unit, int, Any]]) -> list[dict[str, Any] | None]:
+        return [self.publish(u, t, r) for u, t, r in items]
+
+    def reconcile_many(self, items: list[tuple[Unit, int, Any]]) -> list[Reconciled]:
+        return [self.reconcile(u, t, o) for u, t, o in items]
+
     def request_yield(self, unit: Unit, token: int, why: str) -> bool:
         if unit.step is not Step.TRAIN:
             return False

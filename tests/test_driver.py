@@ -303,8 +303,8 @@ def test_crash_at_each_point_then_resume_commits_each_unit_once(world, point):
     assert commits(ledger) == sorted(u.run_key for u in plan.units)  # once each
     rows = ledger.get_units(u.run_key for u in plan.units)
     assert all(ex.published[k] == r.committed_token for k, r in rows.items())  # all published
-    if point == "after_commit":
-        assert len(s.reconciled) == 1  # the interrupted publish was rolled forward
+    if point == "after_commit":  # the interrupted batch's publish was rolled forward
+        assert 1 <= len(s.reconciled) <= 2  # one commit batch (max_concurrency=2)
 
 
 def test_resume_never_wedges_on_missing_output(world):

@@ -11,7 +11,7 @@ import yaml
 from rayorch.api import generate_data, open_ledger, run_backfill
 from rayorch.backfill.executor import RayExecutor
 from rayorch.backfill.machine import Phase
-from rayorch.data.layout import read_committed_manifest
+from rayorch.data.tables import StepTable
 from rayorch.env.store import EnvStore
 from rayorch.ledger.states import UnitState
 from rayorch.partitions import PartitionKey
@@ -64,9 +64,8 @@ def test_drift_mid_backfill_fails_unit_with_diff_and_commits_nothing(
     assert done[0] in err  # names the unit that set the reference
 
     # The drifted unit's output was never staged or committed.
-    out_root = settings.resolve(spec_a.features.output)
     bad_key = PartitionKey.parse(failed[0].split("/", 2)[2])
-    assert read_committed_manifest(out_root, bad_key) is None
+    assert str(bad_key) not in StepTable.for_spec(spec_a, settings).live()
     ledger = open_ledger(settings)
     row = ledger.get_units([failed[0]])[failed[0]]
     assert row.state is UnitState.FAILED and row.committed_token is None

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rayorch.data.outputs import read_manifests
+from rayorch.data.tables import StepTable, committed_rows
 from rayorch.ledger.store import Ledger
 from rayorch.partitions import PartitionKey
 from rayorch.settings import load_settings
@@ -46,14 +46,12 @@ def _cli_proc(args, env):
 def _partition_digests(spec, home, days):
     st = load_settings(home)
     keys = [PartitionKey.of(city=c, date=d) for d in days for c in CITIES]
-    manifests, missing = read_manifests(st.resolve(spec.features.output), keys)
-    assert missing == []
+    live = StepTable.for_spec(spec, st).live(keys)
+    assert sorted(live) == sorted(map(str, keys))  # every partition is in the table
     out = {}
-    for m in manifests:
-        h = hashlib.sha256()
-        for f in m.files:
-            h.update(Path(f.path).read_bytes())
-        out[m.partition] = h.hexdigest()
+    for key in keys:  # the rows each partition holds now, read through the table
+        t = committed_rows(spec, st, [key]).drop_columns(["city", "date"]).sort_by("transaction_id")
+        out[str(key)] = hashlib.sha256(json.dumps(t.to_pylist(), default=str).encode()).hexdigest()
     return out
 
 
@@ -68,15 +66,7 @@ def _assert_exactly_once(spec, home, db_url, days):
     for d in days:
         for c in CITIES:
             key = PartitionKey.of(city=c, date=d)
-            manifests, _ = read_manifests(st.resolve(spec.features.output), [key])
-            ids = [
-                i
-                for m in manifests
-                for f in m.files
-                for i in pq.read_table(f.path, columns=["transaction_id"])
-                .column("transaction_id")
-                .to_pylist()
-            ]
+            ids = committed_rows(spec, st, [key]).column("transaction_id").to_pylist()
             raw = (
                 pq.read_table(
                     f"{st.resolve(spec.source.path)}/{key.path()}", columns=["transaction_id"]
@@ -345,10 +335,11 @@ def test_train_end_to_end_through_cli(cluster_env, home, tmp_path):
     logged = json.loads(Path(local).read_text())
     spec = load_pipeline(cfg)
     keys = [PartitionKey.of(city=c, date=d) for d in ("2026-09-30", "2026-10-01") for c in CITIES]
-    committed, _ = read_manifests(st.resolve(spec.features.output), keys)
+    committed = StepTable.for_spec(spec, st).live(keys)
     assert sorted(f["path"] for p in logged["partitions"] for f in p["files"]) == sorted(
-        f.path for m in committed for f in m.files
+        f.path for p in committed.values() for f in p.files
     )
+    assert logged["table"] == f"{spec.name}.features" and logged["snapshot_id"] != 0
     # a re-run does no work twice and opens no new MLflow run
     again = json_out(
         run_cli(

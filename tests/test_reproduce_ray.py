@@ -165,26 +165,25 @@ def test_env_diff_names_package_version_change(trained):
 
 
 def test_reproduce_check_names_changed_partition(trained):
-    import pyarrow.parquet as pq
 
     from rayorch.data import outputs
-    from rayorch.data.layout import read_committed_manifest
+    from rayorch.data.tables import StepTable, committed_rows
     from rayorch.partitions import PartitionKey
 
     st, spec, run_a = trained["settings"], trained["spec"], trained["run_a"]
-    root = st.resolve(spec.features.output)
     key = PartitionKey.parse(f"city=SF/date={PREV}")
-    live = read_committed_manifest(root, key)
-    assert live is not None
-    table = pq.read_table(live.files[0].path)
+    step = StepTable.for_spec(spec, st)
+    table = committed_rows(spec, st, [key]).drop_columns(["city", "date"])
     changed = table.set_column(
         table.column_names.index("amount_log"),
         "amount_log",
-        pc.add(table.column("amount_log"), 1.0),
+        pc.add(table.column("amount_log"), 1.0).cast("float32"),
     )
-    m = outputs.stage(root, key, changed, run_key="manual", token=10_000,
-                      unique_key=list(spec.features.unique_key))  # fmt: skip
-    assert outputs.publish(root, key, m)
+    staged = outputs.stage(step, key, changed, run_key="manual", token=10_000,
+                           unique_key=list(spec.features.unique_key))  # fmt: skip
+    [published] = step.publish_many([outputs.publish_item(staged)])
+    assert published.outcome.name == "REPLACED"
+    new_hash = step.live([key])[str(key)].content_hash
 
     env = {"RAYORCH_HOME": str(st.home)}
     proc = run_cli("reproduce", run_a, "--check", "--json", env=env)
@@ -192,8 +191,12 @@ def test_reproduce_check_names_changed_partition(trained):
     d = json_out(proc)
     assert [c["partition"] for c in d["partitions_changed"]] == [str(key)]
     assert d["partitions_changed"][0]["status"] == "CHANGED"
-    assert d["partitions_changed"][0]["current_hash"] == m.content_hash
+    assert d["partitions_changed"][0]["current_hash"] == new_hash
     assert d["packages_changed"] == [] and d["environment"]["equal"]
-    # and the re-run is refused
-    no = run_cli("reproduce", run_a, "--json", env=env)
-    assert no.returncode == 1 and json_out(no)["reran"] is False
+    # time travel: the re-run reads the snapshot the run read, not the reprocessed partition
+    from rayorch.lineage.reproduce import reproduce_run
+
+    doc = reproduce_run(run_a, st)
+    assert doc["reran"] and doc["inputs_same"] and doc["metrics_match"], doc
+    assert doc["snapshot_id"] == int(_client(st).get_run(run_a).data.tags["rayorch.snapshot_id"])
+    assert doc["check"]["partitions_changed"][0]["partition"] == str(key)

@@ -11,7 +11,7 @@ import pytest
 from rayorch.backfill.work import check_partition
 from rayorch.data.generate import Faults, generate_raw
 from rayorch.data.layout import raw_hour_dir
-from rayorch.data.outputs import read_table
+from rayorch.data.reader import read_raw
 from rayorch.data.sensors import ReasonCode, SensorStatus
 from rayorch.partitions import PartitionKey
 from rayorch.spec import load_pipeline
@@ -90,7 +90,7 @@ def test_file_added_after_validation_is_not_read(spec, tmp_path):
     r = check_partition(spec, str(tmp_path), KEY, DAY, LATE)
     late_file = raw_hour_dir(tmp_path, KEY, 7) / "part-late.parquet"
     shutil.copy(raw_hour_dir(tmp_path, KEY, 7) / "part-0.parquet", late_file)
-    table = read_table([r.manifest])
+    table = read_raw([r.manifest])
     assert table.num_rows == r.rows == 120
     assert str(late_file) not in {f.path for f in r.manifest.files}
     again = check_partition(spec, str(tmp_path), KEY, DAY, LATE)  # re-validation sees it

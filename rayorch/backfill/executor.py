@@ -1,7 +1,8 @@
 """Executors: how the driver turns a claimed unit into Ray work and publishes its result.
 
-The driver only needs ``submit``, ``publish`` and ``reconcile``; the default executor runs
-feature units as Ray tasks and training units as Ray Train inside a zero-CPU Ray task. The
+The driver only needs ``submit``, ``publish_many`` and ``reconcile_many``; the default executor
+runs feature units as Ray tasks and training units as Ray Train inside a zero-CPU Ray task, and
+publishes every committed feature partition of a loop turn in one Iceberg table commit. The
 no-op executor exists for the dispatch benchmark.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rayorch.backfill.plan import Step, Unit
 from rayorch.backfill.work import run_feature_unit
-from rayorch.data import outputs
-from rayorch.data.layout import PartitionManifest, read_committed_manifest
+from rayorch.data import outputs, storage
+from rayorch.data.tables import Published, PublishResult, StepTable
 from rayorch.results import Noop
 from rayorch.settings import Settings
 from rayorch.spec import PipelineSpec
@@ -53,14 +55,16 @@ class UnitExecutor(Protocol):
     def cancel(self, handle: Any) -> None:
         """Stop a running attempt (its claim is released or taken over separately)."""
 
-    def publish(self, unit: Unit, token: int, result: Any) -> dict[str, Any] | None:
-        """After the ledger accepted the commit: make the output live (partition replaced,
-        model version registered). Returns what to add to the committed output."""
+    def publish_many(self, items: Sequence[tuple[Unit, int, Any]]) -> list[dict[str, Any] | None]:
+        """After the ledger accepted the commits: make the outputs live (feature partitions
+        replaced in one table commit, model versions registered). Returns, per item, what to
+        add to its committed output."""
 
-    def reconcile(
-        self, unit: Unit, token: int, committed_output: dict[str, Any] | None
-    ) -> Reconciled:
-        """On resume: roll a committed-but-unpublished output forward, or report it gone."""
+    def reconcile_many(
+        self, items: Sequence[tuple[Unit, int, dict[str, Any] | None]]
+    ) -> list[Reconciled]:
+        """On resume, per committed unit: roll a committed-but-unpublished output forward, or
+        report it gone."""
 
     def request_yield(self, unit: Unit, token: int, why: str) -> bool:
         """Ask a running unit to checkpoint and stop at its next step. False: cannot yield
@@ -126,7 +130,8 @@ class RayExecutor:
         self.spec = spec
         self.settings = settings
         self.source_root = settings.resolve(spec.source.path)
-        self.output_root = settings.resolve(spec.features.output)
+        self.table = StepTable.for_spec(spec, settings)
+        self.table.refuse_old_layout()
         self._spec_ref = ray.put(spec)
         self._feature = ray.remote(max_retries=0)(run_feature_unit)
         self._train = ray.remote(num_cpus=0, max_retries=0)(_train_task)
@@ -148,7 +153,7 @@ class RayExecutor:
             return self._feature.options(**opts).remote(
                 self._spec_ref,
                 self.source_root,
-                self.output_root,
+                self.settings,
                 unit,
                 token,
                 time.time(),
@@ -174,38 +179,64 @@ class RayExecutor:
             self.spec, self.settings, train_target(unit), token, generation, env=self.env.context
         )
 
-    def publish(self, unit: Unit, token: int, result: Any) -> dict[str, Any] | None:
-        if unit.step is Step.FEATURES:
-            manifest = PartitionManifest.from_dict(result.manifest)
-            outputs.publish(self.output_root, unit.partition, manifest)
-            return None
-        # Behind the fence: only a committed attempt registers its model and ends its run.
-        req = self._train_request(unit, token, self._generation.get(unit.run_key, 0))
-        return self.ray.get(
-            self._publish_train.options(**self.env.task_options()).remote(req, result)
-        )
-
-    def reconcile(
-        self, unit: Unit, token: int, committed_output: dict[str, Any] | None
-    ) -> Reconciled:
-        if not committed_output:
-            return Reconciled(Reconciled.Outcome.NOTHING)
-        if unit.step is Step.TRAIN:
-            return self._reconcile_train(unit, token, committed_output)
-        if "manifest" not in committed_output:
-            return Reconciled(Reconciled.Outcome.MISSING, "the commit recorded no manifest")
-        want = PartitionManifest.from_dict(committed_output["manifest"])
-        gone = [f.path for f in want.files if not os.path.exists(f.path)]
-        live = read_committed_manifest(self.output_root, unit.partition)
-        if gone and (live is None or (live.token or 0) <= (want.token or 0)):
-            return Reconciled(
-                Reconciled.Outcome.MISSING,
-                f"{unit.partition}: {len(gone)} file(s) gone, e.g. {gone[0]}",
+    def publish_many(self, items: Sequence[tuple[Unit, int, Any]]) -> list[dict[str, Any] | None]:
+        features = [
+            outputs.publish_item(res.manifest) for u, _, res in items if u.step is Step.FEATURES
+        ]
+        published = {r.run_key: r for r in self.table.publish_many(features)}
+        extras: list[dict[str, Any] | None] = []
+        for unit, token, result in items:
+            if unit.step is Step.FEATURES:
+                got = published[unit.run_key]
+                extras.append(_published(got))
+                continue
+            # Behind the fence: only a committed attempt registers its model and ends its run.
+            req = self._train_request(unit, token, self._generation.get(unit.run_key, 0))
+            extras.append(
+                self.ray.get(
+                    self._publish_train.options(**self.env.task_options()).remote(req, result)
+                )
             )
-        if live is not None and (live.token or 0) >= (want.token or 0):
-            return Reconciled(Reconciled.Outcome.NOTHING)
-        outputs.publish(self.output_root, unit.partition, want)
-        return Reconciled(Reconciled.Outcome.ROLLED_FORWARD)
+        return extras
+
+    def reconcile_many(
+        self, items: Sequence[tuple[Unit, int, dict[str, Any] | None]]
+    ) -> list[Reconciled]:
+        """Compare each committed feature unit with the table's current snapshot: live at
+        its token or newer -> nothing; older or absent -> publish it (rolled forward) if its
+        files are still there, else it is re-run."""
+        out: dict[int, Reconciled] = {}
+        feats: list[tuple[int, Unit, int, dict[str, Any]]] = []
+        for i, (unit, token, output) in enumerate(items):
+            if not output:
+                out[i] = Reconciled(Reconciled.Outcome.NOTHING)
+            elif unit.step is Step.TRAIN:
+                out[i] = self._reconcile_train(unit, token, output)
+            elif "files" not in (output.get("manifest") or {}):
+                out[i] = Reconciled(
+                    Reconciled.Outcome.MISSING,
+                    "the commit predates Iceberg tables (no data files recorded)",
+                )
+            else:
+                feats.append((i, unit, token, output["manifest"]))
+        live = self.table.live([u.partition for _, u, _, _ in feats]) if feats else {}
+        todo = []
+        for i, unit, token, staged in feats:
+            cur = live.get(str(unit.partition))
+            if cur is not None and cur.token >= token:
+                out[i] = Reconciled(Reconciled.Outcome.NOTHING)
+                continue
+            gone = [f["path"] for f in staged["files"] if not _exists(f["path"])]
+            if gone:
+                out[i] = Reconciled(
+                    Reconciled.Outcome.MISSING,
+                    f"{unit.partition}: {len(gone)} committed file(s) gone, e.g. {gone[0]}",
+                )
+                continue
+            todo.append((i, outputs.publish_item(staged)))
+        for (i, _), got in zip(todo, self.table.publish_many([it for _, it in todo]), strict=True):
+            out[i] = Reconciled(Reconciled.Outcome.ROLLED_FORWARD, extra=_published(got))
+        return [out[i] for i in range(len(items))]
 
     def _reconcile_train(self, unit: Unit, token: int, output: dict[str, Any]) -> Reconciled:
         from rayorch.results import Trained
@@ -252,6 +283,18 @@ class RayExecutor:
         return {"storage": files.storage, "run_name": files.run_name}
 
 
+def _published(got: PublishResult) -> dict[str, Any] | None:
+    """What the ledger adds to a feature commit once its table commit landed."""
+    if got.outcome is Published.STALE or got.snapshot_id is None:
+        return None
+    return {"snapshot_id": got.snapshot_id, "published": got.outcome.name}
+
+
+def _exists(uri: str) -> bool:
+    fs, path = storage.filesystem_for(uri)
+    return storage.exists(fs, path)
+
+
 def _noop(unit: Unit, token: int) -> Noop:
     return Noop(token)
 
@@ -274,13 +317,13 @@ class NoopExecutor:
     def cancel(self, handle: Any) -> None:
         self.ray.cancel(handle, force=True)
 
-    def publish(self, unit: Unit, token: int, result: Any) -> dict[str, Any] | None:
-        return None
+    def publish_many(self, items: Sequence[tuple[Unit, int, Any]]) -> list[dict[str, Any] | None]:
+        return [None] * len(items)
 
-    def reconcile(
-        self, unit: Unit, token: int, committed_output: dict[str, Any] | None
-    ) -> Reconciled:
-        return Reconciled(Reconciled.Outcome.NOTHING)
+    def reconcile_many(
+        self, items: Sequence[tuple[Unit, int, dict[str, Any] | None]]
+    ) -> list[Reconciled]:
+        return [Reconciled(Reconciled.Outcome.NOTHING)] * len(items)
 
     def request_yield(self, unit: Unit, token: int, why: str) -> bool:
         return False

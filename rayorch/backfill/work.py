@@ -1,8 +1,9 @@
 """The work of one unit, as plain functions the executor runs inside Ray tasks.
 
 A feature unit validates its raw partition with the sensor, reads exactly the validated files,
-calls the user's function at the user-code boundary and stages the output. It never commits:
-the driver does, fenced by the unit's token.
+calls the user's function at the user-code boundary and stages the output as a data file of
+the step's Iceberg table (unreferenced until published). It never commits: the driver does,
+fenced by the unit's token, then publishes.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rayorch.backfill.plan import Unit
 from rayorch.data import outputs
 from rayorch.data.sensors import SensorPolicy, SensorStatus, evaluate, observe_partition
+from rayorch.data.storage import read_parquet_files
+from rayorch.data.tables import StepTable
 from rayorch.partitions import PartitionKey
 from rayorch.results import NotReady, Staged
+from rayorch.settings import Settings
 from rayorch.spec import PipelineSpec
 from rayorch.userfn import load_entrypoint, user_code_boundary
 
@@ -68,7 +71,7 @@ def check_partition(
 def run_feature_unit(
     spec: PipelineSpec,
     source_root: str,
-    output_root: str,
+    settings: Settings,
     unit: Unit,
     token: int,
     now_ts: float,
@@ -84,7 +87,7 @@ def run_feature_unit(
     # Fingerprint this worker; a drifted environment fails here, before any output is staged.
     environment = on_feature_unit(env, unit.run_key, token)
     files = [f.path for f in result.manifest.files]
-    raw = pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
+    raw = read_parquet_files(files)
     fn = load_entrypoint(spec.features.entrypoint)
     ctx = FeatureContext(
         spec.name,
@@ -98,12 +101,12 @@ def run_feature_unit(
         out = fn(ctx, raw)
         if not isinstance(out, pa.Table):
             raise TypeError(f"expected a pyarrow.Table, got {type(out).__name__}")
-    manifest = outputs.stage(
-        output_root,
+    staged = outputs.stage(
+        StepTable.for_spec(spec, settings),
         unit.partition,
         out,
         run_key=unit.run_key,
         token=token,
         unique_key=list(spec.features.unique_key),
     )
-    return Staged(manifest.to_dict(), result.manifest.to_dict(), out.num_rows, environment)
+    return Staged(staged, result.manifest.to_dict(), out.num_rows, environment)

@@ -2,9 +2,11 @@
 
 ``--check`` exits 0 when data, environment and code are what the run recorded and 1 when
 anything differs (naming the partitions whose content hashes changed and the packages that
-differ). Without ``--check``: when nothing differs, the unit is re-run into a new MLflow run
-tagged ``rayorch.reproduces=<RUN_ID>``; exit 0 when its metrics match within ``--tolerance``,
-1 when they do not or when something differed (then nothing is re-run).
+differ). Without ``--check``: the unit is re-run on the feature-table snapshot the run read
+(time travel, so reprocessed partitions do not stop it) into a new MLflow run tagged
+``rayorch.reproduces=<RUN_ID>``; exit 0 when its metrics match within ``--tolerance``, 1 when
+they do not or when the environment or code differ (then nothing is re-run); a snapshot
+that was expired is reported as gone (exit 2).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def reproduce(
         else:
             _print_check(doc["check"])
             if not doc["reran"]:
-                out.print("[bold red]not re-run[/]: the run's data or environment changed")
+                out.print("[bold red]not re-run[/]: the run's environment or code changed")
             else:
                 out.print(f"re-ran into MLflow run {doc['new_run_id']} (reproduces {run_id})")
                 for m in doc["metrics"]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayorch.data.layout import SUCCESS_MARKER, raw_hour_dir, raw_partition_dir
+from rayorch.data import storage
+from rayorch.data.layout import SUCCESS_MARKER, hour_dirname, raw_partition_path
 from rayorch.errors import ConfigError
 from rayorch.partitions import PartitionKey, date_range, key_product
 from rayorch.spec import PipelineSpec
@@ -81,14 +81,14 @@ def generate_raw(
     for day in date_range(start, end):
         for kv in key_product(selection):
             key = PartitionKey.of(kv, **{spec.time_dim: day.isoformat()})
-            pdir = raw_partition_dir(root, key)
-            if pdir.exists():
-                shutil.rmtree(pdir)
+            fs, pdir = storage.filesystem_for(raw_partition_path(str(root), key))
+            if storage.exists(fs, pdir):
+                fs.delete_dir(pdir)
             for hour in range(spec.freshness.expected_sub_partitions):
                 if hour in faults.drop_hours:
                     continue
-                hdir = raw_hour_dir(root, key, hour, sub)
-                hdir.mkdir(parents=True, exist_ok=True)
+                hdir = f"{pdir}/{hour_dirname(hour, sub)}"
+                fs.create_dir(hdir, recursive=True)
                 rng = np.random.default_rng(_seed(ex.seed, key, hour))
                 n = 0 if hour in faults.empty_hours else ex.rows_per_hour
                 table = gen(kv, day, hour, n, rng)
@@ -100,9 +100,9 @@ def generate_raw(
                     if i < 0:
                         raise ConfigError(f"--change-type names unknown column {col!r}")
                     table = table.set_column(i, col, table.column(i).cast(pa.type_for_alias(typ)))
-                pq.write_table(table, hdir / "part-0.parquet")
+                pq.write_table(table, f"{hdir}/part-0.parquet", filesystem=fs)
                 if hour not in faults.omit_marker_hours:
-                    (hdir / SUCCESS_MARKER).touch()
+                    storage.write_bytes(fs, f"{hdir}/{SUCCESS_MARKER}", b"")
                 n_files += 1
                 n_rows += table.num_rows
             written.append(str(key))

@@ -1,18 +1,17 @@
-"""The on-disk layouts: raw hive partitions (a public contract) and committed outputs.
+"""The raw input layout (a public contract) and what a validated partition consists of.
 
 Raw: ``<source>/<key path>/hour=HH/part-*.parquet`` plus ``_SUCCESS`` per hour, where the key
-path is the canonical partition key (``city=SF/date=2026-10-01``).
+path is the canonical partition key (``city=SF/date=2026-10-01``); the source may be a local
+directory or ``s3://``, read through :mod:`rayorch.data.storage` only.
 
-Committed outputs: ``<output>/<key path>/_manifest.json`` names the live files, which sit in
-``v<token>/`` beside it. Readers go through the manifest only, so a half-written version or a
-stray file is never read. Staging lives under ``<output>/_staging/`` and is never read.
+Committed outputs are Iceberg tables (:mod:`rayorch.data.tables`); a
+:class:`PartitionManifest` here describes a validated raw partition (and, for lineage, the
+files a training run read).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rayorch.data import storage
 from rayorch.partitions import PartitionKey
 
 SUCCESS_MARKER = "_SUCCESS"
-MANIFEST_NAME = "_manifest.json"
-STAGING_DIR = "_staging"
 MANIFEST_VERSION = 1
 _TAIL_READ = 16 * 1024  # one read holds the footer of most files
 
@@ -44,8 +42,9 @@ def raw_hour_dir(
     return raw_partition_dir(source_root, key) / hour_dirname(hour, sub_dim)
 
 
-def output_partition_dir(output_root: str | Path, key: PartitionKey) -> Path:
-    return Path(output_root) / key.path()
+def raw_partition_path(source_root: str, key: PartitionKey) -> str:
+    """The partition's location as a URI or path (for :func:`storage.filesystem_for`)."""
+    return storage.join(str(source_root), key.path())
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,42 +90,25 @@ _SCHEMA_CACHE: dict[bytes, tuple[tuple[str, str], ...]] = {}
 
 
 def _read_footer(path: str | Path) -> tuple[FileEntry, pq.FileMetaData]:
+    """One ranged read of the file's tail through its filesystem (local disk or S3)."""
     p = str(path)
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
+    fs, inner = storage.filesystem_for(p)
+    with fs.open_input_file(inner) as f:
+        size = f.size()
         if size < 12:
             raise ValueError(f"{p}: too small to be parquet ({size} bytes)")
-        tail = os.pread(fd, min(size, _TAIL_READ), max(0, size - _TAIL_READ))
+        tail = f.read_at(min(size, _TAIL_READ), max(0, size - _TAIL_READ))
         if tail[-4:] != b"PAR1":
             raise ValueError(f"{p}: not a parquet file (no PAR1 footer magic)")
         (footer_len,) = struct.unpack("<I", tail[-8:-4])
         if footer_len + 8 > size - 4:
             raise ValueError(f"{p}: footer length {footer_len} exceeds the file")
         if footer_len + 8 > len(tail):
-            tail = os.pread(fd, footer_len + 8, size - 8 - footer_len)
-    finally:
-        os.close(fd)
+            tail = f.read_at(footer_len + 8, size - 8 - footer_len)
     footer = tail[-(footer_len + 8) : -8]
-    meta = _parse_footer(footer, tail[-8:])
+    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
     digest = hashlib.sha256(str(size).encode() + b"\0" + footer).hexdigest()
     return FileEntry(path=p, size=size, rows=meta.num_rows, content_hash=digest), meta
-
-
-def _parse_footer(footer: bytes, trailer: bytes) -> pq.FileMetaData:
-    """Thrift-decode the footer; pyarrow's unpickling hook skips opening a file reader (4x)."""
-    if _reconstruct is not None:
-        try:
-            return _reconstruct(pa.py_buffer(footer))
-        except Exception:  # fall back to the public, slower path
-            pass
-    return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + trailer))
-
-
-try:  # FileMetaData.__reduce__'s target: parse a serialized footer without a file reader
-    from pyarrow._parquet import _reconstruct_filemetadata as _reconstruct
-except ImportError:  # pragma: no cover - other pyarrow versions
-    _reconstruct = None
 
 
 def parquet_file_entry(path: str | Path) -> FileEntry:
@@ -176,21 +158,3 @@ class PartitionManifest:
         d = dict(d)
         d["files"] = tuple(FileEntry(**f) for f in d["files"])
         return cls(**d)
-
-
-def read_committed_manifest(output_root: str | Path, key: PartitionKey) -> PartitionManifest | None:
-    path = output_partition_dir(output_root, key) / MANIFEST_NAME
-    try:
-        return PartitionManifest.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over the target."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,25 +1,143 @@
-"""Validated reads: a Ray Data dataset built only from the files a manifest names.
+"""Reads by snapshot: a training window is pinned to one snapshot of the feature table.
 
-Never a directory glob, so a file that lands after validation is not read; and each named
-file is re-checked from its footer (size, content hash: one small read, no data pages), so a
-file rewritten after validation is refused instead of read as if it were the validated one.
+Only committed partitions exist in a table (a unit's files are referenced only after its
+fenced ledger commit), so pinning a snapshot is the whole validation: the window is the data
+files that snapshot lists for the window's partitions, and the same snapshot id reads the
+same files tomorrow, after those partitions were reprocessed (time travel), until the
+snapshot is expired. Raw inputs are read by name from a sensor's manifest (never a glob).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from rayorch.data import storage
 from rayorch.data.layout import FileEntry, PartitionManifest, parquet_file_entry
+from rayorch.data.tables import LivePartition, StepTable, display_uri, partition_filter
 from rayorch.errors import DataNotReadyError
+from rayorch.partitions import PartitionKey
 
 if TYPE_CHECKING:
     import ray.data
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The partitions of a window at one snapshot: exactly what a training run reads."""
+
+    table: str
+    catalog_uri: str
+    snapshot_id: int
+    partitions: tuple[LivePartition, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def files(self) -> list[str]:
+        return [f.path for p in self.partitions for f in p.files]
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.partitions)
+
+    @property
+    def digest(self) -> str:
+        """Over every partition's content (its immutable files), sorted: not a sample."""
+        h = hashlib.sha256()
+        for p in sorted(self.partitions, key=lambda p: p.partition):
+            h.update(f"{p.partition}:{p.content_hash}\n".encode())
+        return h.hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "catalog_uri": self.catalog_uri,
+            "snapshot_id": self.snapshot_id,
+            "digest": self.digest,
+            "rows": self.rows,
+            "partitions": [
+                {
+                    "partition": p.partition,
+                    "token": p.token,
+                    "rows": p.rows,
+                    "content_hash": p.content_hash,
+                    "files": [{"path": f.path, "size": f.size, "rows": f.rows} for f in p.files],
+                }
+                for p in self.partitions
+            ],
+            "missing": list(self.missing),
+        }
+
+
+def pin_window(
+    table: StepTable, keys: Sequence[PartitionKey], snapshot_id: int | None = None
+) -> Window:
+    """The window at ``snapshot_id`` (the current snapshot when None)."""
+    ice = table.load()
+    snap = None
+    if ice is not None:
+        snap = ice.current_snapshot() if snapshot_id is None else ice.snapshot_by_id(snapshot_id)
+        if snapshot_id is not None and snap is None:
+            table.live(keys, table=ice, snapshot_id=snapshot_id)  # raises: expired, plainly
+    if snap is None:
+        return Window(table.identifier, display_uri(table.settings), 0, (), tuple(map(str, keys)))
+    live = table.live(keys, table=ice, snapshot_id=snap.snapshot_id)
+    have = tuple(live[str(k)] for k in keys if str(k) in live)
+    missing = tuple(str(k) for k in keys if str(k) not in live)
+    return Window(
+        table.identifier,
+        display_uri(table.settings),
+        snap.snapshot_id,
+        have,
+        missing,
+    )
+
+
+def read_window(window: Window, columns: list[str] | None = None, **kw: Any) -> ray.data.Dataset:
+    """Ray Data over exactly the window's data files (the snapshot's own file list).
+
+    The table's files carry no delete files (a publish replaces whole files), so reading the
+    listed parquet files is reading the snapshot; Ray Data's parquet reader does it in
+    parallel with column pruning.
+    """
+    import ray.data
+
+    files = window.files
+    if not files:
+        raise DataNotReadyError(
+            f"{window.table}@{window.snapshot_id}: the window has no committed partitions",
+            table=window.table,
+        )
+    fs, _ = storage.filesystem_for(files[0])
+    paths = [storage.filesystem_for(f)[1] for f in files]
+    return ray.data.read_parquet(paths, columns=columns, filesystem=fs, **kw)
+
+
+def scan_window(table: StepTable, window: Window, columns: list[str] | None = None) -> pa.Table:
+    """The same window through pyiceberg's own scan (what any Iceberg reader would see)."""
+    ice = table.require()
+    keys = [PartitionKey.parse(p.partition) for p in window.partitions]
+    scan = ice.scan(
+        snapshot_id=window.snapshot_id,
+        row_filter=partition_filter(keys),
+        selected_fields=tuple(columns) if columns else ("*",),
+    )
+    return scan.to_arrow()
+
+
+def read_raw(manifests: Sequence[PartitionManifest]) -> pa.Table:
+    """Exactly the files validated raw manifests name (never a directory listing)."""
+    return storage.read_parquet_files([f.path for m in manifests for f in m.files])
+
+
 def verify_files(manifests: Sequence[PartitionManifest], workers: int = 4) -> list[str]:
-    """The manifests' file paths, in order, after checking each still matches its entry."""
+    """A validated raw manifest's file paths, after re-checking each from its footer (size,
+    content hash: one ranged read): a file rewritten after validation is refused."""
     entries = [f for m in manifests for f in m.files]
 
     def check(entry: FileEntry) -> str | None:
@@ -50,10 +168,12 @@ def verify_files(manifests: Sequence[PartitionManifest], workers: int = 4) -> li
 def read_validated(
     manifests: Sequence[PartitionManifest], columns: list[str] | None = None, **kw: Any
 ) -> ray.data.Dataset:
-    """``ray.data.read_parquet`` over exactly the manifests' files (verified first)."""
+    """Ray Data over exactly a validated raw manifest's files (verified first)."""
     import ray.data
 
     files = verify_files(manifests)
     if not files:
         raise DataNotReadyError("no validated files to read: the manifests are empty")
-    return ray.data.read_parquet(files, columns=columns, **kw)
+    fs, _ = storage.filesystem_for(files[0])
+    paths = [storage.filesystem_for(f)[1] for f in files]
+    return ray.data.read_parquet(paths, columns=columns, filesystem=fs, **kw)

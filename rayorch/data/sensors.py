@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import os
 import statistics
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +18,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from rayorch.data import storage
 from rayorch.data.layout import (
     SUCCESS_MARKER,
     FileEntry,
     PartitionManifest,
-    raw_partition_dir,
+    raw_partition_path,
     read_footer_columns,
 )
+from rayorch.data.storage import read_parquet
 from rayorch.partitions import PartitionKey
 from rayorch.spec import FreshnessSpec
 
@@ -275,33 +275,38 @@ def observe_partition(
     policy: SensorPolicy,
     trailing_rows: Sequence[int] = (),
 ) -> ObservedPartition:
-    """Collect metadata for one raw partition: listing, markers, parquet footers."""
-    pdir = raw_partition_dir(source_root, key)
-    if not pdir.is_dir():
-        return ObservedPartition(str(key), day, False, (), trailing_rows=tuple(trailing_rows))
+    """Collect metadata for one raw partition: listing, markers, parquet footers.
+
+    Everything goes through the source's filesystem (one LIST per directory, one ranged read
+    per footer), so a local directory and an ``s3://`` prefix are observed the same way.
+    """
+    fs, pdir = storage.filesystem_for(raw_partition_path(str(source_root), key))
     prefix = f"{policy.sub_dim}="
+    entries = list(storage.list_dir(fs, pdir))
+    if not entries:
+        return ObservedPartition(str(key), day, False, (), trailing_rows=tuple(trailing_rows))
     hours: list[HourObservation] = []
     data_files: list[str] = []
-    with os.scandir(pdir) as it:
-        subdirs = sorted((e.name, e.path) for e in it if e.name.startswith(prefix) and e.is_dir())
+    subdirs = sorted((e.name, e.path) for e in entries if e.name.startswith(prefix) and e.is_dir)
     for dirname, dirpath in subdirs:
         try:
             hour = int(dirname[len(prefix) :])
         except ValueError:
             continue
-        names = sorted(os.listdir(dirpath))
-        marker = SUCCESS_MARKER in names
+        listed = sorted(storage.list_dir(fs, dirpath), key=lambda e: e.name)
+        marker = any(e.name == SUCCESS_MARKER for e in listed)
         files: list[FileEntry] = []
         schema: tuple[tuple[str, str], ...] | None = None
         error = None
-        for name in names:
-            if not name.endswith(".parquet") or name.startswith((".", "_")):
+        for e in listed:
+            name = e.name
+            if not name.endswith(".parquet") or name.startswith((".", "_")) or e.is_dir:
                 continue
-            path = os.path.join(dirpath, name)
+            path = storage.to_uri(fs, e.path)
             try:
                 entry_, cols = read_footer_columns(path)
-            except Exception as e:  # a corrupt file is a finding, not a crash
-                error = f"{name}: {e}"
+            except Exception as exc:  # a corrupt file is a finding, not a crash
+                error = f"{name}: {exc}"
                 continue
             files.append(entry_)
             if schema is None:
@@ -342,7 +347,7 @@ def duplicate_keys(files: Sequence[str], key_columns: list[str]) -> tuple[tuple[
     """Read only the key columns and return (sample of duplicated keys, how many)."""
     try:
         table = pa.concat_tables(
-            [pq.read_table(f, columns=key_columns) for f in files], promote_options="permissive"
+            [read_parquet(f, columns=key_columns) for f in files], promote_options="permissive"
         )
     except (pa.ArrowInvalid, KeyError):
         return (), 0  # missing key columns show up as schema drift instead

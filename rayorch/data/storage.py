@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from rayorch.errors import ConfigError
 from rayorch.settings import S3Settings, Settings, load_settings
@@ -137,3 +139,18 @@ def to_uri(fs: pafs.FileSystem, path: str) -> str:
     if isinstance(fs, pafs.S3FileSystem):
         return f"s3://{path}"
     return path
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """One parquet file, wherever it is (a named file: never a directory listing)."""
+    fs, path = filesystem_for(uri)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def read_parquet_files(uris: list[str], columns: list[str] | None = None) -> pa.Table:
+    """Exactly the named files, concatenated (schemas unified permissively)."""
+    if not uris:
+        return pa.table({})
+    return pa.concat_tables(
+        [read_parquet(u, columns=columns) for u in uris], promote_options="permissive"
+    )

@@ -1,25 +1,28 @@
 """`rayorch reproduce`: compare a recorded run with the present, and re-run it when nothing moved.
 
 Everything a run recorded comes from its MLflow artifacts: ``config/pipeline.yaml`` (the
-effective config), ``dataset_manifest.json`` (exactly the partitions read, with content
-hashes) and ``environment/fingerprint.json`` (from the rank-0 Ray Train worker). The data check
-reads committed ``_manifest.json`` files and stats the files they list: metadata only, never a
-data scan. The environment check fingerprints a Ray worker started with the pipeline's
-runtime_env (what a re-run would get), or this process with ``local_env``.
+effective config), ``dataset_manifest.json`` (the feature table, the snapshot id it read and
+every data file, per partition) and ``environment/fingerprint.json`` (from the rank-0 Ray
+Train worker). The data check compares those partitions with the table's current snapshot:
+metadata only, never a data scan. The environment check fingerprints a Ray worker started
+with the pipeline's runtime_env (what a re-run would get), or this process with ``local_env``.
+
+A re-run reads the recorded snapshot (time travel), so it reproduces the run even after its
+partitions were reprocessed; only a changed environment or code stops it. A snapshot that was
+expired is reported as gone, plainly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rayorch.data.layout import MANIFEST_NAME, combine_hashes
+from rayorch.data.reader import pin_window
+from rayorch.data.tables import StepTable
 from rayorch.env.diff import diff_fingerprints
 from rayorch.env.fingerprint import EnvContext, Fingerprint, capture
 from rayorch.env.worker import FINGERPRINT_ARTIFACT
@@ -59,9 +62,19 @@ class RunRecord:
         """Exactly the partitions the run read (its dataset manifest)."""
         return tuple(PartitionKey.parse(p["partition"]) for p in self.dataset.get("partitions", []))
 
+    @property
+    def snapshot_id(self) -> int | None:
+        """The feature-table snapshot the run read (None: recorded before Iceberg tables)."""
+        sid = self.dataset.get("snapshot_id")
+        return int(sid) if sid else None
+
+    @property
+    def files(self) -> list[str]:
+        return [f["path"] for p in self.dataset.get("partitions", []) for f in p.get("files", [])]
+
 
 def tracker_for(settings: Settings) -> Tracker:
-    return Tracker(settings.mlflow_uri, artifact_root=str(settings.home / "mlartifacts"))
+    return Tracker(settings.mlflow_uri, artifact_root=settings.artifact_root)
 
 
 def load_run(tracker: Tracker, run_id: str) -> RunRecord:
@@ -101,27 +114,14 @@ def load_run(tracker: Tracker, run_id: str) -> RunRecord:
 
 
 def current_partitions(
-    output_root: str, partitions: list[str], *, verify_files: bool = True
+    spec: PipelineSpec, settings: Settings, partitions: list[str]
 ) -> dict[str, CurrentPartition | None]:
-    """Committed manifests of ``partitions`` now (and a stat of each listed file)."""
+    """The partitions at the feature table's current snapshot (metadata only)."""
+    live = StepTable.for_spec(spec, settings).live([PartitionKey.parse(p) for p in partitions])
     out: dict[str, CurrentPartition | None] = {}
     for name in partitions:
-        path = Path(output_root) / PartitionKey.parse(name).path() / MANIFEST_NAME
-        try:
-            m = json.loads(path.read_text())
-        except FileNotFoundError:
-            out[name] = None
-            continue
-        ok = True
-        if verify_files:
-            for f in m["files"]:
-                try:
-                    ok = os.stat(f["path"]).st_size == f["size"]
-                except FileNotFoundError:
-                    ok = False
-                if not ok:
-                    break
-        out[name] = CurrentPartition(m["content_hash"], int(m["rows"]), ok)
+        p = live.get(name)
+        out[name] = None if p is None else CurrentPartition(p.content_hash, p.rows, True)
     return out
 
 
@@ -149,10 +149,9 @@ def current_fingerprint(
 
 def check_record(rec: RunRecord, settings: Settings, *, local_env: bool = False) -> ReproduceCheck:
     recorded = rec.dataset.get("partitions", [])
-    output_root = settings.resolve(rec.spec.features.output)
-    now = current_partitions(output_root, [p["partition"] for p in recorded])
+    now = current_partitions(rec.spec, settings, [p["partition"] for p in recorded])
     changes = compare_partitions(recorded, now)
-    present = [f"{n}:{c.content_hash}" for n, c in sorted(now.items()) if c is not None]
+    current = pin_window(StepTable.for_spec(rec.spec, settings), rec.inputs)
     notes = []
     env = None
     if rec.fingerprint is None:
@@ -168,7 +167,7 @@ def check_record(rec: RunRecord, settings: Settings, *, local_env: bool = False)
         data_changes=tuple(changes),
         env=env,
         recorded_dataset_digest=rec.dataset.get("digest"),
-        current_dataset_digest=combine_hashes(present) if len(present) == len(now) else None,
+        current_dataset_digest=None if current.missing else current.digest,
         notes=tuple(notes),
     )
 
@@ -188,11 +187,13 @@ def reproduce_run(
     tolerance: float = 1e-6,
     local_env: bool = False,
 ) -> dict[str, Any]:
-    """Check, then (only when nothing differs) re-run the unit into a NEW linked MLflow run.
+    """Check, then re-run the unit into a NEW linked MLflow run on the snapshot it read.
 
-    The re-run uses the recorded config, the same committed partitions and the same
-    environment; it registers no model version. Returns the check, the new run id and
-    whether every recorded metric matches within ``tolerance`` (relative and absolute).
+    The re-run uses the recorded config, the recorded table snapshot (time travel: the same
+    data files even after those partitions were reprocessed) and requires the same
+    environment and code; it registers no model version. Returns the check, the new run id,
+    the snapshot and files read, and whether every recorded metric matches within
+    ``tolerance`` (relative and absolute).
     """
 
     from rayorch.env.runtime import unit_environment
@@ -204,8 +205,20 @@ def reproduce_run(
     rec = load_run(tracker, run_id)
     chk = check_record(rec, st, local_env=local_env)
     doc: dict[str, Any] = {"check": chk.to_dict(), "reran": False}
-    if not chk.same:
-        return doc
+    env_ok = chk.env is not None and chk.env.equal and not chk.code_changed
+    if not env_ok or (chk.data_changes and rec.snapshot_id is None):
+        return doc  # a changed environment, or changed data with no snapshot to go back to
+    if rec.snapshot_id is not None:
+        table = StepTable.for_spec(rec.spec, st)
+        ice = table.load()
+        if ice is None or ice.snapshot_by_id(rec.snapshot_id) is None:
+            raise NotFoundError(
+                f"run {run_id} read snapshot {rec.snapshot_id} of {table.identifier}, which is "
+                "gone (expired); the run cannot be re-run on its data. `rayorch reproduce "
+                f"{run_id} --check` still names what changed",
+                run_id=run_id,
+                snapshot_id=rec.snapshot_id,
+            )
     if not rec.inputs:
         raise NotFoundError(
             f"run {run_id}: its dataset manifest names no partitions to re-read",
@@ -214,7 +227,7 @@ def reproduce_run(
         )
     spec = rec.spec.model_copy(update={"registry": None})  # a reproduction registers nothing
     ue = unit_environment(spec, st.db_url, guard=False)
-    target = TrainTarget(rec.run_key, dt.date.fromisoformat(rec.as_of), rec.inputs)
+    target = TrainTarget(rec.run_key, dt.date.fromisoformat(rec.as_of), rec.inputs, rec.snapshot_id)
     req = TrainRequest(spec, st, target, 0, rec.generation, env=ue.context, reproduces=run_id)
     ensure_ray(st)
     result = submit_training(req, ue.task_options())
@@ -231,5 +244,17 @@ def reproduce_run(
         metrics=[m.to_dict() for m in matches],
         metrics_match=ok,
         dataset_digest=getattr(result, "dataset_digest", None),
+        snapshot_id=rec.snapshot_id,
+        inputs_same=_same_inputs(tracker, rec, new_id),
     )
     return doc
+
+
+def _same_inputs(tracker: Tracker, rec: RunRecord, new_id: str) -> bool:
+    """The re-run read the recorded snapshot's exact files (from its own dataset record)."""
+    text = tracker.read_artifact(new_id, DATASET_ARTIFACT)
+    if text is None:
+        return False
+    got = json.loads(text)
+    files = [f["path"] for p in got.get("partitions", []) for f in p.get("files", [])]
+    return got.get("snapshot_id") == rec.dataset.get("snapshot_id") and files == rec.files

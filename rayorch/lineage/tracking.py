@@ -10,16 +10,17 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
 from typing import Any
 
-from rayorch.data.layout import PartitionManifest, combine_hashes
+from rayorch.data.reader import Window
 
 TAG_RUN_KEY = "rayorch.run_key"
 TAG_GENERATION = "rayorch.generation"
 TAG_DATASET_DIGEST = "rayorch.dataset_digest"
 TAG_REPRODUCES = "rayorch.reproduces"
 TAG_CONFIG_FINGERPRINT = "rayorch.config_fingerprint"
+TAG_TABLE = "rayorch.table"
+TAG_SNAPSHOT = "rayorch.snapshot_id"  # the snapshot a run read (kept by snapshot expiry)
 CONFIG_ARTIFACT_DIR = "config"
 CONFIG_ARTIFACT = f"{CONFIG_ARTIFACT_DIR}/pipeline.yaml"
 DATASET_ARTIFACT = "dataset_manifest.json"
@@ -60,9 +61,9 @@ def mlflow_client(uri: str, *, registry: bool = False) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def dataset_digest(manifests: Sequence[PartitionManifest]) -> str:
+def dataset_digest(window: Window) -> str:
     """Digest over the full content of every partition read (sorted), not a sample."""
-    return combine_hashes([f"{m.partition}:{m.content_hash}" for m in manifests])
+    return window.digest
 
 
 class Tracker:
@@ -77,8 +78,11 @@ class Tracker:
             return exp.experiment_id
         location = None
         if self.artifact_root and self.uri.startswith("sqlite"):
-            os.makedirs(self.artifact_root, exist_ok=True)
-            location = f"file://{os.path.abspath(self.artifact_root)}"
+            if "://" in self.artifact_root:  # s3:// (RAYORCH_STORAGE_URL): MLflow writes there
+                location = self.artifact_root
+            else:
+                os.makedirs(self.artifact_root, exist_ok=True)
+                location = f"file://{os.path.abspath(self.artifact_root)}"
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:
@@ -186,32 +190,43 @@ class Tracker:
             with open(local) as f:
                 return f.read()
 
-    def log_dataset(
-        self, run_id: str, name: str, manifests: Sequence[PartitionManifest], digest: str
-    ) -> None:
-        """Log the manifest of exactly what was read, as an artifact and a dataset input."""
+    def log_dataset(self, run_id: str, name: str, window: Window, digest: str) -> None:
+        """Record exactly what was read: the table, its snapshot id and every data file, as
+        an artifact and as the run's dataset input (an Iceberg source)."""
         from mlflow.entities import Dataset as DatasetEntity
         from mlflow.entities import DatasetInput, InputTag
 
-        payload = {"digest": digest, "partitions": [m.to_dict() for m in manifests]}
+        payload = {**window.to_dict(), "digest": digest}
         with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "dataset_manifest.json")
+            path = os.path.join(tmp, DATASET_ARTIFACT)
             with open(path, "w") as f:
                 json.dump(payload, f, indent=1)
             self.client.log_artifact(run_id, path)
-        rows = sum(m.rows for m in manifests)
+        source = {"table": window.table, "snapshot_id": window.snapshot_id, "files": window.files}
+        text = json.dumps(source)
+        if len(text) > 60000:  # MLflow's limit; the artifact keeps every file
+            text = json.dumps({**source, "files": None, "files_in": DATASET_ARTIFACT})
         entity = DatasetEntity(
             name=name,
             digest=digest[:32],  # MLflow caps digests at 36 chars; the tag has all 64
-            source_type="rayorch_manifest",
-            source=json.dumps({"partitions": [m.partition for m in manifests]})[:60000],
-            profile=json.dumps({"num_rows": rows, "num_partitions": len(manifests)}),
+            source_type="iceberg",
+            source=text,
+            profile=json.dumps(
+                {
+                    "num_rows": window.rows,
+                    "num_partitions": len(window.partitions),
+                    "num_files": len(window.files),
+                    "catalog_uri": window.catalog_uri,
+                }
+            ),
         )
         self.client.log_inputs(
             run_id,
             datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])],
         )
         self.client.set_tag(run_id, TAG_DATASET_DIGEST, digest)
+        self.client.set_tag(run_id, TAG_TABLE, window.table)
+        self.client.set_tag(run_id, TAG_SNAPSHOT, str(window.snapshot_id))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -278,3 +293,21 @@ def directory_digest(root: str) -> str:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
     return h.hexdigest()
+
+
+def registered_snapshots(uri: str, model_name: str) -> set[int]:
+    """Feature-table snapshots read by the runs a registered model version came from (what
+    snapshot expiry must keep so ``rayorch reproduce`` still finds their data)."""
+    client = mlflow_client(uri, registry=True)
+    out: set[int] = set()
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except Exception:  # no such registered model yet
+        return out
+    for mv in versions:
+        if not mv.run_id:
+            continue
+        tag = client.get_run(mv.run_id).data.tags.get(TAG_SNAPSHOT)
+        if tag and tag.lstrip("-").isdigit():
+            out.add(int(tag))
+    return out

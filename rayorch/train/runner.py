@@ -1,4 +1,5 @@
-"""Run one training unit with Ray Train over a validated manifest, tracked in MLflow.
+"""Run one training unit with Ray Train over its window pinned to one snapshot of the
+feature table, tracked in MLflow (table, snapshot id and every data file read).
 
 Called inside a Ray task by the executor. The Ray Train run is named from the unit's run key
 and generation, so a resumed unit (new driver, retried job attempt) continues from its newest
@@ -13,8 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from rayorch.data.outputs import read_manifests
-from rayorch.data.reader import read_validated
+from rayorch.data.reader import Window, pin_window, read_window
+from rayorch.data.storage import read_parquet
+from rayorch.data.tables import StepTable
 from rayorch.errors import DataNotReadyError
 from rayorch.lineage.tracking import TAG_DATASET_DIGEST, Tracker, dataset_digest
 from rayorch.partitions import PartitionKey
@@ -35,6 +37,7 @@ class TrainTarget:
     run_key: str
     day: dt.date
     inputs: tuple[PartitionKey, ...]
+    snapshot_id: int | None = None  # read the window at this snapshot (reproduce); else current
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +57,24 @@ def train_run_name(run_key: str, generation: int) -> str:
     return f"{safe}-{digest}-g{generation}"
 
 
-def collect_inputs(spec: PipelineSpec, settings: Settings, unit: TrainTarget) -> list[Any]:
-    """Committed feature manifests of the window; refuse a window with missing partitions."""
-    output_root = settings.resolve(spec.features.output)
-    manifests, missing = read_manifests(output_root, unit.inputs)
+def collect_inputs(spec: PipelineSpec, settings: Settings, unit: TrainTarget) -> Window:
+    """The window pinned to one snapshot (the current one, or the unit's); refuse a window
+    with too many partitions missing from that snapshot."""
+    window = pin_window(StepTable.for_spec(spec, settings), unit.inputs, unit.snapshot_id)
+    missing = list(window.missing)
     assert spec.train is not None
     needed = spec.freshness.min_ready_fraction
-    have = len(manifests) / max(len(unit.inputs), 1)
+    have = len(window.partitions) / max(len(unit.inputs), 1)
     if missing and have < needed:
         raise DataNotReadyError(
             f"{unit.run_key}: {len(missing)} of {len(unit.inputs)} feature partitions in the "
-            f"training window are not committed: {', '.join(missing[:8])}"
+            f"training window are not committed in {window.table}: {', '.join(missing[:8])}"
             + (" ..." if len(missing) > 8 else "")
             + f" (freshness.min_ready_fraction={needed})",
             run_key=unit.run_key,
             missing=missing,
         )
-    return manifests
+    return window
 
 
 def exclude_nodes_selector(nodes: list[str]) -> dict[str, str] | None:
@@ -88,10 +92,10 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
     spec, settings, unit = req.spec, req.settings, req.unit
     tspec = spec.train
     assert tspec is not None
-    manifests = collect_inputs(spec, settings, unit)
-    digest = dataset_digest(manifests)
-    files = [f.path for m in manifests for f in m.files]
-    tracker = Tracker(settings.mlflow_uri, artifact_root=str(settings.home / "mlartifacts"))
+    window = collect_inputs(spec, settings, unit)
+    digest = dataset_digest(window)
+    files = window.files
+    tracker = Tracker(settings.mlflow_uri, artifact_root=settings.artifact_root)
     params = {
         "run_key": unit.run_key,
         "as_of": unit.day.isoformat(),
@@ -100,8 +104,10 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
         "batch_size": tspec.batch_size,
         "learning_rate": tspec.learning_rate,
         "num_workers": tspec.scaling.num_workers,
-        "partitions": len(manifests),
-        "rows": sum(m.rows for m in manifests),
+        "partitions": len(window.partitions),
+        "rows": window.rows,
+        "table": window.table,
+        "snapshot_id": window.snapshot_id,
         "config_fingerprint": spec.fingerprint(),
     }
     run_id, resumed = tracker.start_unit_run(
@@ -113,14 +119,14 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
         reproduces=req.reproduces,
     )
     if not resumed:
-        tracker.log_dataset(run_id, f"{spec.name}-features", manifests, digest)
+        tracker.log_dataset(run_id, f"{spec.name}-features", window, digest)
         tracker.log_config(run_id, spec)
     columns = [*tspec.feature_columns, tspec.label]
     # Same batches in the same order on every attempt, so a resume mid-epoch skips exactly the
     # batches the checkpoint already covers.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    # Exactly the committed manifests' files, each re-verified (size + footer hash) first.
-    ds = read_validated(manifests, columns=columns)
+    # Exactly the data files of the pinned snapshot (immutable, committed by construction).
+    ds = read_window(window, columns=columns)
     train_ds, val_ds = ds.train_test_split(
         test_size=tspec.validation_fraction, shuffle=True, seed=tspec.seed
     )
@@ -217,7 +223,7 @@ def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -
         result.checkpoint.path,
         digest,
         metrics,
-        tuple(m.partition for m in manifests),
+        tuple(p.partition for p in window.partitions),
         training,
         spec.registry.model_name if spec.registry else None,
         files[0] if files else None,
@@ -248,7 +254,7 @@ def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:
     import torch
 
     spec, settings = req.spec, req.settings
-    tracker = Tracker(settings.mlflow_uri, artifact_root=str(settings.home / "mlartifacts"))
+    tracker = Tracker(settings.mlflow_uri, artifact_root=settings.artifact_root)
     extra: dict[str, Any] = {"model_version": None, "artifact_digest": None}
     if spec.registry is not None and spec.train is not None:
         ckpt = ray.train.Checkpoint(result.checkpoint)
@@ -277,7 +283,6 @@ def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:
 
 def _input_example(path: str, columns: list[str]) -> Any:
     import numpy as np
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=columns).slice(0, 2)
+    table = read_parquet(path, columns=columns).slice(0, 2)
     return np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float32)
