@@ -8,6 +8,7 @@ import os
 import typer
 
 from rayorch.cli import backfill, cluster, data, demo, env, registry, reproduce, sensors, simulate
+from rayorch.cli import dev as dev_cmd
 from rayorch.cli import kube as kube_cmd
 from rayorch.cli import tables as tables_cmd
 from rayorch.cli import ui as ui_cmd
@@ -30,6 +31,7 @@ app.add_typer(env.app, name="env")
 app.command("reproduce")(reproduce.reproduce)
 app.command("ui")(ui_cmd.ui)
 app.add_typer(kube_cmd.app, name="kube")
+app.add_typer(dev_cmd.app, name="dev")
 app.add_typer(tables_cmd.app, name="tables")
 
 
