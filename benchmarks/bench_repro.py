@@ -95,10 +95,16 @@ def synth_run(home: Path, days: int, keys: int) -> tuple[str, list[str]]:
     """A logged run whose dataset manifest lists days x keys committed partitions."""
     import datetime as dt
 
-    from rayorch.data.layout import MANIFEST_NAME, combine_hashes
+    import pyarrow as pa
+
+    from rayorch.data import outputs
+    from rayorch.data.reader import pin_window
+    from rayorch.data.tables import StepTable
     from rayorch.env.fingerprint import EnvContext, capture
     from rayorch.env.worker import log_fingerprint
     from rayorch.lineage.tracking import Tracker
+    from rayorch.partitions import PartitionKey
+    from rayorch.settings import load_settings
     from rayorch.spec import parse_pipeline
 
     data = yaml.safe_load((REPO / "configs" / "fraud.yaml").read_text())
@@ -106,30 +112,20 @@ def synth_run(home: Path, days: int, keys: int) -> tuple[str, list[str]]:
     data["features"]["output"] = str(home / "features")
     data.pop("registry")
     spec = parse_pipeline(data, source="bench")
-    parts, entries = [], []
+    table = StepTable.for_spec(spec, load_settings())
+    parts, staged = [], []
     day0 = dt.date(2026, 1, 1)
     for d in range(days):
         for k in range(keys):
-            name = f"city=c{k:02d}/date={day0 + dt.timedelta(days=d)}"
-            pdir = home / "features" / name
-            (pdir / "_data").mkdir(parents=True)
-            f = pdir / "_data" / "part-0.parquet"
-            f.write_bytes(os.urandom(2048))
-            fh = f"{d:04d}{k:04d}" * 8
-            m = {
-                "partition": name,
-                "files": [{"path": str(f), "size": 2048, "rows": 960, "content_hash": fh}],
-                "rows": 960,
-                "content_hash": combine_hashes([fh]),
-                "run_key": f"fraud/features/{name}",
-                "token": 1,
-                "committed_at": None,
-                "extra": {},
-                "version": 1,
-            }
-            (pdir / MANIFEST_NAME).write_text(json.dumps(m))
-            parts.append(name)
-            entries.append(m)
+            key = PartitionKey.of(city=f"c{k:02d}", date=str(day0 + dt.timedelta(days=d)))
+            rows = pa.table({"transaction_id": [f"{key}-{i}" for i in range(16)]})
+            run_key = f"fraud/features/{key}"
+            staged.append(outputs.stage(table, key, rows, run_key=run_key, token=1,
+                                        unique_key=["transaction_id"]))  # fmt: skip
+            parts.append(str(key))
+    for i in range(0, len(staged), 64):
+        table.publish_many([outputs.publish_item(x) for x in staged[i : i + 64]])
+    window = pin_window(table, [PartitionKey.parse(p) for p in parts])
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", artifact_root=str(home / "mlartifacts"))
     exp = tracker.experiment_id("rayorch/fraud")
     run_id = tracker.client.create_run(
@@ -138,8 +134,7 @@ def synth_run(home: Path, days: int, keys: int) -> tuple[str, list[str]]:
     tracker.client.log_param(run_id, "as_of", "2026-03-31")
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "dataset_manifest.json"
-        digest = combine_hashes([f"{m['partition']}:{m['content_hash']}" for m in entries])
-        p.write_text(json.dumps({"digest": digest, "partitions": entries}))
+        p.write_text(json.dumps(window.to_dict()))
         tracker.client.log_artifact(run_id, str(p))
     tracker.log_config(run_id, spec)
     log_fingerprint(

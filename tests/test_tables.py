@@ -198,3 +198,14 @@ def test_tables_list_json_and_old_layout_refused(home, tmp_path):
     (tmp_path / "old" / "city=SF" / "date=2026-10-01" / "_manifest.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"old manifest layout.*mv "):
         old.refuse_old_layout()
+
+
+def test_a_publisher_that_created_the_table_survives_a_conflicting_commit(home):
+    st = load_settings()
+    a = StepTable(st, "p", st.resolve("out"), ["city", "date"], "f")
+    b = StepTable(st, "p", st.resolve("out"), ["city", "date"], "f")
+    a.publish_many([outputs.publish_item(stage(a, KEY, 1, ["a"]))])  # a created the table
+    b.publish_many([outputs.publish_item(stage(b, KEY.with_(city="LA"), 1, ["b"]))])
+    [r] = a.publish_many([outputs.publish_item(stage(a, KEY, 2, ["c"]))])  # a's base is stale
+    assert r.outcome is Published.REPLACED
+    assert sorted(x[1] for x in rows(a)) == ["b", "c"]

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from rayorch.backfill.plan import Unit
-from rayorch.data import outputs
+from rayorch.data import outputs, storage
 from rayorch.data.sensors import SensorPolicy, SensorStatus, evaluate, observe_partition
 from rayorch.data.storage import read_parquet_files
 from rayorch.data.tables import StepTable
@@ -76,6 +76,19 @@ def run_feature_unit(
     token: int,
     now_ts: float,
     env: Any = None,
+) -> Staged | NotReady:
+    with storage.using(settings):  # the driver's storage settings, not this worker's env
+        return _feature_unit(spec, source_root, settings, unit, token, now_ts, env)
+
+
+def _feature_unit(
+    spec: PipelineSpec,
+    source_root: str,
+    settings: Settings,
+    unit: Unit,
+    token: int,
+    now_ts: float,
+    env: Any,
 ) -> Staged | NotReady:
     now = dt.datetime.fromtimestamp(now_ts, dt.timezone.utc)
     result = check_partition(spec, source_root, unit.partition, unit.day, now)

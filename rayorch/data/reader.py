@@ -177,3 +177,14 @@ def read_validated(
     fs, _ = storage.filesystem_for(files[0])
     paths = [storage.filesystem_for(f)[1] for f in files]
     return ray.data.read_parquet(paths, columns=columns, filesystem=fs, **kw)
+
+
+def read_table_ray(table: StepTable, snapshot_id: int | None = None) -> ray.data.Dataset:
+    """Ray Data's own Iceberg reader over the table at a snapshot (through our catalog)."""
+    import ray.data
+
+    from rayorch.data.tables import catalog
+
+    return ray.data.read_iceberg(
+        table_identifier=table.identifier, catalog=catalog(table.settings), snapshot_id=snapshot_id
+    )

@@ -9,6 +9,8 @@ listed the same way on disk and in a bucket. Credentials and the endpoint come f
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,20 @@ from rayorch.errors import ConfigError
 from rayorch.settings import S3Settings, Settings, load_settings
 
 _SCHEMES = ("s3", "s3a", "file", "")
+_CURRENT: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "rayorch_storage_settings", default=None
+)
+
+
+@contextlib.contextmanager
+def using(settings: Settings) -> Iterator[None]:
+    """Resolve locations with ``settings`` inside this block (a Ray task gets the driver's
+    settings as an argument; its own process environment may lack the AWS variables)."""
+    token = _CURRENT.set(settings)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
 
 
 def is_remote(uri: str) -> bool:
@@ -48,7 +64,7 @@ def filesystem_for(uri: str, settings: Settings | None = None) -> tuple[pafs.Fil
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme in ("s3", "s3a"):
-        st = settings or load_settings()
+        st = settings or _CURRENT.get() or load_settings()
         return _s3(st.s3), f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme == "file":
         return _local(), parsed.path

@@ -383,7 +383,8 @@ class StepTable:
                     spec.add_identity(dim)
             mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
             tx.set_properties(**{"schema.name-mapping.default": mapping})
-            return tx.commit_transaction()
+            tx.commit_transaction()
+            return self.require()  # the catalog's table (a create transaction's is "staged")
         except TableAlreadyExistsError:  # another driver created it first
             return self.require()
 
@@ -443,7 +444,7 @@ class StepTable:
                 table = self._table = tx.commit_transaction()
             except CommitFailedException:
                 time.sleep(min(0.01 * (2**attempt), 0.5))  # back off, then re-plan
-                table.refresh()
+                table = self._table = self.require()
                 continue
             snap = table.current_snapshot()
             sid = snap.snapshot_id if snap else None

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from rayorch.data import storage
 from rayorch.data.reader import Window, pin_window, read_window
 from rayorch.data.storage import read_parquet
 from rayorch.data.tables import StepTable
@@ -85,6 +86,11 @@ def exclude_nodes_selector(nodes: list[str]) -> dict[str, str] | None:
 def run_train_unit(req: TrainRequest, placement: dict[str, Any] | None = None) -> Trained | Yielded:
     """Train (or resume) the unit. Registers nothing and leaves its MLflow run RUNNING: the
     driver commits the result (fenced), then :func:`publish_trained` registers and ends it."""
+    with storage.using(req.settings):
+        return _run_train_unit(req, placement)
+
+
+def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trained | Yielded:
     import ray.data
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -261,7 +267,7 @@ def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:
         with ckpt.as_directory() as d:
             model = torch.load(os.path.join(d, MODEL_FILE), weights_only=False)
         example = (
-            _input_example(result.sample_file, list(spec.train.feature_columns))
+            _input_example(result.sample_file, list(spec.train.feature_columns), settings)
             if result.sample_file
             else None
         )
@@ -281,8 +287,9 @@ def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:
     return extra
 
 
-def _input_example(path: str, columns: list[str]) -> Any:
+def _input_example(path: str, columns: list[str], settings: Settings) -> Any:
     import numpy as np
 
-    table = read_parquet(path, columns=columns).slice(0, 2)
+    with storage.using(settings):
+        table = read_parquet(path, columns=columns).slice(0, 2)
     return np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float32)
