@@ -337,3 +337,41 @@ def test_simulate_cli_writes_trace_and_plot(tmp_path):
     assert {"FITS", "PREEMPTING"} <= reasons
     assert all(d["detail"] for d in doc["decisions"])
     assert doc["occupancy"] and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_online_placement_gap_to_a_clairvoyant_packing():
+    """The utilization bound, stated by its counter-example (hypothesis found it): durations
+    are unknown when units are placed, so two 2-h units can land on different nodes; when a
+    4-GPU unit arrives after the 1-h one ends, no node is whole and it waits an hour at 6/8
+    GPUs used. A clairvoyant packing (both 2-h units on one node) keeps 8/8. So rayorch does
+    not promise >= 0.9 of clairvoyant on every workload; it reaches 0.75 here, and >= 0.99 on
+    the generated seed-like workloads of benchmarks/bench_scheduling.py."""
+    from rayorch.scheduling.admission import RAYORCH
+    from rayorch.scheduling.quota import ClusterSpec, NamespaceQuota, PriorityClass
+    from rayorch.scheduling.shapes import JobShape, NodeShape
+    from rayorch.scheduling.simulator import simulate
+    from rayorch.scheduling.workload import HOUR, SimJob
+
+    spec = ClusterSpec(
+        namespaces={
+            "production": NamespaceQuota(
+                gpus=4, cpus=1e3, max_concurrent_units=16, can_borrow=True
+            ),
+            "backfill": NamespaceQuota(
+                gpus=0, cpus=1e4, max_concurrent_units=1000, can_borrow=True
+            ),
+        },
+        scheduling_cycle_s=1.0,
+    )
+    bf = PriorityClass.BACKFILL
+    jobs = [
+        SimJob("b/u0", "backfill", bf, JobShape(1, 2), 0.0, HOUR),
+        SimJob("b/u1", "backfill", bf, JobShape(1, 2), 0.0, 2 * HOUR),
+        SimJob("b/u2", "backfill", bf, JobShape(1, 2), 0.0, 2 * HOUR),
+        SimJob("b/u3", "backfill", bf, JobShape(1, 4), HOUR, HOUR),
+        SimJob("p0", "production", PriorityClass.PRODUCTION, JobShape(1, 2), HOUR, HOUR, 2.5 * HOUR),
+    ]  # fmt: skip
+    nodes = (NodeShape(4, 64.0, "A100"), NodeShape(4, 64.0, "A100"))
+    r = simulate(spec, nodes, jobs, RAYORCH, 60.0, 30.0)
+    assert r.violations == [] and r.deadline_misses == 0
+    assert r.util_while_queued == 0.75 and r.queued_hours == 1.0

@@ -234,6 +234,7 @@ def test_driver_sigkill_mid_training_resumes_same_run(ray_session, tmp_path, hom
         "RAYORCH_HOME": str(home),
     }
     args = [sys.executable, "-m", "rayorch.cli.app", "backfill", "-c", str(cfg)]
+    args += ["--allow-local-state"]  # SQLite + local files on this one-node cluster
     args += ["--start", DAY, "--end", DAY, "--json"]  # the default lease (60 s)
     proc = subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
