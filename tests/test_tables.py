@@ -209,3 +209,28 @@ def test_a_publisher_that_created_the_table_survives_a_conflicting_commit(home):
     [r] = a.publish_many([outputs.publish_item(stage(a, KEY, 2, ["c"]))])  # a's base is stale
     assert r.outcome is Published.REPLACED
     assert sorted(x[1] for x in rows(a)) == ["b", "c"]
+
+
+def test_drivers_creating_the_table_at_once_both_publish(home):
+    st = load_settings()
+    tables = [StepTable(st, "p", st.resolve("out"), ["city", "date"], "f") for _ in range(4)]
+    items = [
+        outputs.publish_item(stage(t, KEY.with_(city=c), 1, [c]))
+        for t, c in zip(tables, ["SF", "LA", "NYC", "SEA"], strict=True)
+    ]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def go(t: StepTable, item) -> None:
+        barrier.wait()
+        try:
+            t.publish_many([item])
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=ti) for ti in zip(tables, items, strict=True)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and sorted(x[1] for x in rows(tables[0])) == ["LA", "NYC", "SEA", "SF"]

@@ -163,23 +163,39 @@ def warehouse(settings: Settings) -> str:
     return settings.resolve("warehouse")
 
 
-@functools.lru_cache(maxsize=8)
+_CATALOG_LOCK = threading.Lock()
+
+
 def catalog(settings: Settings) -> Any:
     """The SQL catalog in rayorch's database (one per process and settings)."""
+    with _CATALOG_LOCK:
+        return _catalog(settings)
+
+
+@functools.lru_cache(maxsize=8)
+def _catalog(settings: Settings) -> Any:
     from pathlib import Path
 
     from pyiceberg.catalog.sql import SqlCatalog
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
     url = make_url(settings.db_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # the ledger's home
-    return SqlCatalog(
-        CATALOG_NAME,
-        uri=catalog_uri(settings),
-        warehouse=warehouse(settings),
-        **storage.iceberg_io_properties(settings),
-    )
+    for attempt in range(5):
+        try:
+            return SqlCatalog(
+                CATALOG_NAME,
+                uri=catalog_uri(settings),
+                warehouse=warehouse(settings),
+                **storage.iceberg_io_properties(settings),
+            )
+        except DBAPIError:  # another process created the catalog tables at the same moment
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def identifier(pipeline: str, step: str = "features") -> str:
@@ -365,7 +381,8 @@ class StepTable:
     # -- writing -----------------------------------------------------------------------------
     def ensure(self, sample_file: str) -> Any:
         """The table, created from a staged file's schema when it does not exist yet."""
-        from pyiceberg.exceptions import TableAlreadyExistsError
+        from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
+        from sqlalchemy.exc import DBAPIError
 
         table = self.load()
         if table is not None:
@@ -373,7 +390,11 @@ class StepTable:
         fs, path = storage.filesystem_for(sample_file, self.settings)
         schema = pq.read_schema(path, filesystem=fs)
         namespace = self.identifier.split(".")[0]
-        self.catalog.create_namespace_if_not_exists(namespace)
+        try:
+            self.catalog.create_namespace_if_not_exists(namespace)
+        except DBAPIError:  # created by another driver between its check and its insert
+            if (namespace,) not in self.catalog.list_namespaces():
+                raise
         try:
             tx = self.catalog.create_table_transaction(
                 self.identifier, schema=schema, location=self.location, properties=_TABLE_PROPERTIES
@@ -385,8 +406,10 @@ class StepTable:
             tx.set_properties(**{"schema.name-mapping.default": mapping})
             tx.commit_transaction()
             return self.require()  # the catalog's table (a create transaction's is "staged")
-        except TableAlreadyExistsError:  # another driver created it first
-            return self.require()
+        except (TableAlreadyExistsError, CommitFailedException):
+            if self.load() is None:  # not the race we expected: say what failed
+                raise
+            return self.require()  # another driver created it first
 
     def publish_many(
         self, items: Sequence[PublishItem], *, properties: dict[str, str] | None = None
