@@ -12,4 +12,12 @@ export RAY_AUTH_MODE=disabled
 unset RAY_ADDRESS
 python -m ruff check rayorch tests benchmarks
 lint-imports   # the layer contracts in pyproject.toml ([tool.importlinter])
-python -m pytest -q -p no:cacheprovider "$@"
+if [ "$#" -gt 0 ]; then  # explicit arguments: run just those
+  exec python -m pytest -q -p no:cacheprovider "$@"
+fi
+# The core suite (target <= 15 min on 2 cores), then the end-to-end set (notebooks, headless
+# Chromium, the `rayorch dev up` topology, a real mlflow server). Both must pass.
+start=$(date +%s)
+python -m pytest -q -p no:cacheprovider -m "not e2e" --durations=15
+echo "core suite took $(( $(date +%s) - start ))s; now the end-to-end set"
+python -m pytest -q -p no:cacheprovider -m e2e --durations=10

@@ -18,7 +18,7 @@ import pytest
 from rayorch.dev.run import alive, group_alive
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
 
 def _cli(

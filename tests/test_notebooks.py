@@ -12,6 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.e2e  # the end-to-end set: runs after the core suite
+
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("*.ipynb"))

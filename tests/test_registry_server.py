@@ -31,6 +31,8 @@ from rayorch.registry.testing import (
 from rayorch.settings import Settings
 from rayorch.spec import GatesSpec
 
+pytestmark = pytest.mark.e2e  # the end-to-end set: runs after the core suite
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "server-model"
 CLIENTS = 8

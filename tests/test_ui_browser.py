@@ -20,7 +20,7 @@ from rayorch.ui.server import BackgroundServer
 from rayorch.ui.testing import city_keys
 from tests.helpers import small_config
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui"
 DAY = "2026-10-01"
