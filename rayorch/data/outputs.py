@@ -5,8 +5,7 @@ token (``t<token>-<nonce>.parquet``); no snapshot refers to it, so no reader see
 driver commits the unit in the ledger (fenced), then publishes: one table commit replaces
 exactly the committed partitions (:meth:`rayorch.data.tables.StepTable.publish_many`). A
 partition is always replaced whole, never appended to. Files of attempts that never publish
-are unreferenced and invisible; ``rayorch tables expire`` removes what expired snapshots
-leave behind.
+stay unreferenced, so no reader sees them (deleting such orphans is not done yet).
 """
 
 from __future__ import annotations

@@ -183,8 +183,10 @@ def read_table_ray(table: StepTable, snapshot_id: int | None = None) -> ray.data
     """Ray Data's own Iceberg reader over the table at a snapshot (through our catalog)."""
     import ray.data
 
-    from rayorch.data.tables import catalog
+    from rayorch.data.tables import catalog_properties
 
     return ray.data.read_iceberg(
-        table_identifier=table.identifier, catalog=catalog(table.settings), snapshot_id=snapshot_id
+        table_identifier=table.identifier,
+        catalog_kwargs=catalog_properties(table.settings),
+        snapshot_id=snapshot_id,
     )

@@ -166,6 +166,18 @@ def warehouse(settings: Settings) -> str:
 _CATALOG_LOCK = threading.Lock()
 
 
+def catalog_properties(settings: Settings) -> dict[str, str]:
+    """What ``pyiceberg.catalog.load_catalog`` (or Ray Data's ``read_iceberg``) needs to open
+    rayorch's catalog: ``load_catalog(**catalog_properties(settings))``."""
+    return {
+        "name": CATALOG_NAME,
+        "type": "sql",
+        "uri": catalog_uri(settings),
+        "warehouse": warehouse(settings),
+        **storage.iceberg_io_properties(settings),
+    }
+
+
 def catalog(settings: Settings) -> Any:
     """The SQL catalog in rayorch's database (one per process and settings)."""
     with _CATALOG_LOCK:
@@ -185,12 +197,9 @@ def _catalog(settings: Settings) -> Any:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # the ledger's home
     for attempt in range(5):
         try:
-            return SqlCatalog(
-                CATALOG_NAME,
-                uri=catalog_uri(settings),
-                warehouse=warehouse(settings),
-                **storage.iceberg_io_properties(settings),
-            )
+            props = catalog_properties(settings)
+            props.pop("type")
+            return SqlCatalog(props.pop("name"), **props)
         except DBAPIError:  # another process created the catalog tables at the same moment
             if attempt == 4:
                 raise
