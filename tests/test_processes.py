@@ -25,6 +25,8 @@ from tests.helpers import REPO, json_out, run_cli, small_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CITIES = ["SF", "NYC", "LA"]
+# Every driver here attaches to the session's one-node Ray with a SQLite ledger (node-local
+# state): --allow-local-state is what a single-node cluster passes.
 
 
 @pytest.fixture()
@@ -109,6 +111,7 @@ def test_concurrent_overlapping_backfills(backend, cluster_env, home, tmp_path, 
         _cli_proc(
             [
                 "backfill",
+                "--allow-local-state",
                 "-c",
                 str(cfg),
                 "--start",
@@ -160,7 +163,7 @@ def test_sigkill_then_the_same_command_at_once_completes(cluster_env, home, tmp_
     cfg = small_config(tmp_path, params={"sleep_s": 0.3})
     spec = load_pipeline(cfg)
     days = ["2026-10-01", "2026-10-02"]
-    args = ["backfill", "-c", str(cfg), "--start", days[0], "--end", days[1]]
+    args = ["backfill", "--allow-local-state", "-c", str(cfg), "--start", days[0], "--end", days[1]]
     args += ["--max-concurrency", "2", "--json"]
     gen = ["data", "generate", "-c", str(cfg), "--start", days[0], "--end", days[1]]
     clean_env = {**cluster_env, "RAYORCH_HOME": str(tmp_path / "clean")}
@@ -210,7 +213,17 @@ def test_a_concurrent_driver_that_skips_is_not_success(cluster_env, tmp_path):
     days = ["2026-10-01", "2026-10-01"]
     run_cli("data", "generate", "-c", str(cfg), "--start", days[0], "--end", days[1], env=env,
             check=True)  # fmt: skip
-    args = ["backfill", "-c", str(cfg), "--start", days[0], "--end", days[1], "--json"]
+    args = [
+        "backfill",
+        "--allow-local-state",
+        "-c",
+        str(cfg),
+        "--start",
+        days[0],
+        "--end",
+        days[1],
+        "--json",
+    ]
     first = _cli_proc([*args, "--max-concurrency", "3"], env)
     db_url = f"sqlite:///{env['RAYORCH_HOME']}/ledger.db"
     led = Ledger(db_url)
@@ -240,7 +253,7 @@ def test_json_stdout_is_one_document_with_noisy_workers(cluster_env, tmp_path):
     env = cluster_env
     run_cli("data", "generate", "-c", str(cfg), "--start", "2026-10-01", "--end", "2026-10-01",
             env=env, check=True)  # fmt: skip
-    proc = run_cli("backfill", "-c", str(cfg), "--start", "2026-10-01", "--end", "2026-10-01",
+    proc = run_cli("backfill", "--allow-local-state", "-c", str(cfg), "--start", "2026-10-01", "--end", "2026-10-01",
                    "--json", env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)  # the whole of stdout, strictly
@@ -256,16 +269,39 @@ def test_changed_feature_code_marks_units_stale(cluster_env, tmp_path):
     env = cluster_env
     window = ["--start", "2026-10-01", "--end", "2026-10-01"]
     run_cli("data", "generate", "-c", str(cfg), *window, env=env, check=True)
-    run_cli("backfill", "-c", str(cfg), *window, "--json", env=env, check=True)
+    run_cli(
+        "backfill", "--allow-local-state", "-c", str(cfg), *window, "--json", env=env, check=True
+    )
     data = yaml.safe_load(cfg.read_text())
     data["features"]["code_version"] = "2"  # the feature function changed
     cfg.write_text(yaml.safe_dump(data))
     plan = json_out(run_cli("plan", "-c", str(cfg), *window, "--json", env=env, check=True))
     assert {u["status"] for u in plan["units"]} == {"stale"}
     assert all("another code" in u["detail"] for u in plan["units"])
-    again = json_out(run_cli("backfill", "-c", str(cfg), *window, "--json", env=env, check=True))
+    again = json_out(
+        run_cli(
+            "backfill",
+            "--allow-local-state",
+            "-c",
+            str(cfg),
+            *window,
+            "--json",
+            env=env,
+            check=True,
+        )
+    )
     assert again["counts"]["skipped_done"] == 3  # stale is not re-run unless asked
-    redo = run_cli("backfill", "-c", str(cfg), *window, "--reprocess", "stale", "--json", env=env)
+    redo = run_cli(
+        "backfill",
+        "--allow-local-state",
+        "-c",
+        str(cfg),
+        *window,
+        "--reprocess",
+        "stale",
+        "--json",
+        env=env,
+    )
     assert redo.returncode == 0, redo.stderr[-2000:]
     assert json_out(redo)["counts"]["done"] == 3
     plan = json_out(run_cli("plan", "-c", str(cfg), *window, "--json", env=env, check=True))
@@ -305,6 +341,7 @@ def test_train_end_to_end_through_cli(cluster_env, home, tmp_path):
     assert {u["status"] for u in plan["units"]} == {"new"}
     proc = run_cli(
         "backfill",
+        "--allow-local-state",
         "-c",
         str(cfg),
         "--start",
@@ -344,6 +381,7 @@ def test_train_end_to_end_through_cli(cluster_env, home, tmp_path):
     again = json_out(
         run_cli(
             "backfill",
+            "--allow-local-state",
             "-c",
             str(cfg),
             "--start",
