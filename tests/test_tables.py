@@ -72,6 +72,8 @@ def test_staged_is_invisible_publish_replaces_whole_stale_never_wins(table):
     snap = table.require().current_snapshot()
     assert json.loads(snap.summary[SUMMARY_UNITS]) == [[str(KEY), f"f/{KEY}", 5]]
     assert table.live()[str(KEY)].token == 5
+    fresh = StepTable(table.settings, "pricing", table.location, table.dims, "f")
+    assert fresh.live() == table.live()  # the publisher's advanced index = the manifests
 
 
 def test_batch_commit_newest_per_partition_and_one_snapshot(table):

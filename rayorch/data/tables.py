@@ -258,6 +258,9 @@ class StepTable:
         self.dims = tuple(dims)
         self._table: Any = None  # last loaded/committed; a stale one only costs a retry
         self._lock = threading.Lock()  # one publish at a time per instance (it reuses _table)
+        # (snapshot id, its live files by partition): manifests are immutable, so an index
+        # keyed by snapshot id is exact; after our own commit it is advanced, not re-read.
+        self._index: tuple[int, dict[str, list[Any]]] | None = None
 
     @classmethod
     def for_spec(cls, spec: Any, settings: Settings, step: str = "features") -> StepTable:
@@ -334,6 +337,9 @@ class StepTable:
         row-filter binding: a publish needs every file of a few partitions, fast)."""
         from pyiceberg.manifest import ManifestContent
 
+        index = self._index
+        if index is not None and index[0] == snapshot_id:
+            return index[1]
         snap = table.snapshot_by_id(snapshot_id)
         names_by_spec = {sid: [f.name for f in spec.fields] for sid, spec in table.specs().items()}
         manifests = [m for m in snap.manifests(table.io) if m.content == ManifestContent.DATA]
@@ -353,7 +359,20 @@ class StepTable:
                 values = dict(zip(names, e.data_file.partition, strict=True))
                 key = PartitionKey.of({n: str(values[n]) for n in names})
                 grouped.setdefault(str(key), []).append(e.data_file)
+        self._index = (snapshot_id, grouped)
         return grouped
+
+    def _advance_index(
+        self, base: int | None, new: int | None, replaced: list[tuple[str, list[Any]]]
+    ) -> None:
+        """The index of the snapshot we just committed: the base's, with our partitions."""
+        index = self._index
+        if new is None or index is None or index[0] != base:
+            self._index = None
+            return
+        grouped = dict(index[1])
+        grouped.update(replaced)
+        self._index = (new, grouped)
 
     def info(self) -> TableInfo | None:
         table = self.load()
@@ -440,6 +459,8 @@ class StepTable:
             table = self.ensure(sample) if sample is not None else self.require()
         keys = [PartitionKey.parse(it.partition) for it in items]
         for attempt in range(_COMMIT_ATTEMPTS):
+            base = table.current_snapshot()
+            live_sid = base.snapshot_id if base is not None else None
             live = self.live(keys, table=table)
             results: dict[str, PublishResult] = {}
             todo: list[tuple[PublishItem, LivePartition | None]] = []
@@ -480,6 +501,9 @@ class StepTable:
                 continue
             snap = table.current_snapshot()
             sid = snap.snapshot_id if snap else None
+            self._advance_index(
+                live_sid, sid, [(it.partition, [data_files[p] for p in it.files]) for it, _ in todo]
+            )
             for it, _ in todo:
                 results[it.run_key] = PublishResult(it.run_key, Published.REPLACED, it.token, sid)
             return [results[it.run_key] for it in items]
@@ -494,10 +518,15 @@ def _data_files(io: Any, meta: Any, paths: list[str]) -> list[Any]:
     """Iceberg descriptions (stats, partition values) of staged files: one footer read each."""
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
+    def one(path: str) -> Any:
+        df = parquet_file_to_data_file(io, meta, path)
+        df.spec_id = meta.default_spec_id  # as a manifest read sets it (the index reuses these)
+        return df
+
     if len(paths) < 4:
-        return [parquet_file_to_data_file(io, meta, p) for p in paths]
+        return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: parquet_file_to_data_file(io, meta, p), paths))
+        return list(pool.map(one, paths))
 
 
 def _newest_per_partition(
