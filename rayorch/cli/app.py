@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import sys
 
 import typer
 
@@ -12,6 +12,8 @@ from rayorch.cli import dev as dev_cmd
 from rayorch.cli import kube as kube_cmd
 from rayorch.cli import tables as tables_cmd
 from rayorch.cli import ui as ui_cmd
+from rayorch.cli.common import json_stdout
+from rayorch.settings import load_settings
 
 app = typer.Typer(
     help="rayorch: a training orchestrator on Ray (backfills, sensors, training, registry).",
@@ -31,13 +33,16 @@ app.add_typer(env.app, name="env")
 app.command("reproduce")(reproduce.reproduce)
 app.command("ui")(ui_cmd.ui)
 app.add_typer(kube_cmd.app, name="kube")
-app.add_typer(dev_cmd.app, name="dev")
 app.add_typer(tables_cmd.app, name="tables")
+app.add_typer(dev_cmd.app, name="dev")
 
 
-def main() -> None:
-    logging.basicConfig(level=os.environ.get("RAYORCH_LOG_LEVEL", "WARNING"))
-    app()
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if "--json" in args:
+        json_stdout()  # before anything can print: one JSON document on stdout
+    logging.basicConfig(level=load_settings().log_level, stream=sys.stderr)
+    app(args)
 
 
 if __name__ == "__main__":
