@@ -236,3 +236,22 @@ def test_drivers_creating_the_table_at_once_both_publish(home):
     for th in threads:
         th.join()
     assert errors == [] and sorted(x[1] for x in rows(tables[0])) == ["LA", "NYC", "SEA", "SF"]
+
+
+def test_batch_file_descriptions_equal_pyiceberg_own(table):
+    """The batch path (schema checked once) describes files exactly as pyiceberg does."""
+    from pyiceberg.io.pyarrow import parquet_file_to_data_file
+
+    from rayorch.data.tables import _data_files
+
+    keys = [KEY.with_(city=c) for c in [*CITIES, "SEA", "ATL"]]
+    staged = [stage(table, k, 1, [f"{k}-{i}" for i in range(3 + n)]) for n, k in enumerate(keys)]
+    table.publish_many([outputs.publish_item(staged[0])])  # creates the table
+    ice = table.require()
+    files = [(s["files"][0]["path"], s["files"][0]["size"]) for s in staged]
+    fields = ("file_path", "record_count", "file_size_in_bytes", "partition", "value_counts")
+    fields += ("null_value_counts", "lower_bounds", "upper_bounds", "column_sizes", "spec_id")
+    for ours, path in zip(_data_files(ice.io, ice.metadata, files), files, strict=True):
+        theirs = parquet_file_to_data_file(ice.io, ice.metadata, path[0])
+        theirs.spec_id = ice.metadata.default_spec_id
+        assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]

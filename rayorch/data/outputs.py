@@ -72,4 +72,5 @@ def publish_item(staged: dict[str, Any]) -> PublishItem:
         int(staged["token"]),
         staged["partition"],
         tuple(f["path"] for f in staged["files"]),
+        {f["path"]: int(f["size"]) for f in staged["files"] if f.get("size") is not None},
     )

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -112,6 +112,7 @@ class PublishItem:
     token: int
     partition: str
     files: tuple[str, ...]
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes per file, when the stager knew
 
 
 class Published(str, enum.Enum):
@@ -483,10 +484,9 @@ class StepTable:
                 SUMMARY_UNITS: json.dumps([[it.partition, it.run_key, it.token] for it, _ in todo]),
             }
             tx = table.transaction()
-            paths = [p for it, _ in todo for p in it.files]
-            data_files = dict(
-                zip(paths, _data_files(table.io, tx.table_metadata, paths), strict=True)
-            )
+            files = [(p, it.sizes.get(p)) for it, _ in todo for p in it.files]
+            described = _data_files(table.io, tx.table_metadata, files)
+            data_files = dict(zip([p for p, _ in files], described, strict=True))
             with tx.update_snapshot(snapshot_properties=summary).overwrite() as ow:
                 for it, cur in todo:
                     for df in cur.data_files if cur is not None else ():
@@ -514,19 +514,56 @@ class StepTable:
         )
 
 
-def _data_files(io: Any, meta: Any, paths: list[str]) -> list[Any]:
-    """Iceberg descriptions (stats, partition values) of staged files: one footer read each."""
-    from pyiceberg.io.pyarrow import parquet_file_to_data_file
+def _data_files(io: Any, meta: Any, files: list[tuple[str, int | None]]) -> list[Any]:
+    """Iceberg descriptions (statistics, partition values) of staged files, one footer read
+    each. pyiceberg's ``parquet_file_to_data_file`` checks the first file of each parquet
+    schema against the table schema; files with a schema already checked skip that check
+    and the per-file statistics plan (the same public steps, done once per batch)."""
+    from pyiceberg.io.pyarrow import (
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_file_to_data_file,
+        parquet_path_to_id_mapping,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 
-    def one(path: str) -> Any:
-        df = parquet_file_to_data_file(io, meta, path)
+    schema, spec = meta.schema(), meta.spec()
+    plan = compute_statistics_plan(schema, meta.properties)
+    mapping = parquet_path_to_id_mapping(schema)
+    checked: list[Any] = []  # parquet schemas pyiceberg has validated in this batch
+
+    def one(item: tuple[str, int | None]) -> Any:
+        path, size = item
+        src = io.new_input(path)
+        with src.open() as stream:
+            md = pq.read_metadata(stream)
+        if not any(md.schema.equals(c) for c in checked):
+            df = parquet_file_to_data_file(io, meta, path)  # the full, checked path
+            checked.append(md.schema)
+        else:
+            stats = data_file_statistics_from_parquet_metadata(
+                parquet_metadata=md, stats_columns=plan, parquet_column_mapping=mapping
+            )
+            df = DataFile.from_args(
+                content=DataFileContent.DATA,
+                file_path=path,
+                file_format=FileFormat.PARQUET,
+                partition=stats.partition(spec, schema),
+                file_size_in_bytes=size if size is not None else len(src),
+                sort_order_id=None,
+                spec_id=meta.default_spec_id,
+                equality_ids=None,
+                key_metadata=None,
+                **stats.to_serialized_dict(),
+            )
         df.spec_id = meta.default_spec_id  # as a manifest read sets it (the index reuses these)
         return df
 
-    if len(paths) < 4:
-        return [one(p) for p in paths]
+    if len(files) < 4:
+        return [one(f) for f in files]
+    first = one(files[0])  # validates the batch's (usually only) schema once
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, paths))
+        return [first, *pool.map(one, files[1:])]
 
 
 def _newest_per_partition(
