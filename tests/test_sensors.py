@@ -265,3 +265,27 @@ def test_watch_marks_done_training_and_narrows_features_only_requests(tmp_path):
     verdicts = {x.unit.run_key: x.verdict for x in d.affected}
     assert verdicts[_rk(T, "date=2026-10-01")] is UnitVerdict.DONE
     assert [r.run_keys for r in d.requests] == [(_rk(F, a),)]
+
+
+def test_sensors_list_and_read_footers_on_s3(spec, s3_storage):
+    """The same raw hive layout in a bucket: listed and footer-read through the filesystem."""
+    from rayorch.data import storage
+    from rayorch.settings import load_settings
+
+    root = load_settings().resolve("raw")
+    _gen(spec, root, Faults(drop_hours=(23,), omit_marker_hours=(5,)))
+    r = check_partition(spec, root, KEY, DAY, LATE)
+    assert r.status is SensorStatus.REJECTED
+    assert {x.code for x in r.reasons} >= {
+        ReasonCode.MISSING_SUB_PARTITIONS,
+        ReasonCode.MISSING_MARKER,
+    }
+    _gen(spec, root)
+    ok = check_partition(spec, root, KEY, DAY, LATE)
+    assert ok.status is SensorStatus.READY and ok.rows == 120
+    assert all(f.path.startswith(s3_storage) for f in ok.manifest.files)
+    assert read_raw([ok.manifest]).num_rows == 120
+    fs, path = storage.filesystem_for(f"{root}/{KEY.path()}")
+    assert storage.exists(fs, f"{path}/hour=05/_SUCCESS")
+    missing = check_partition(spec, root, KEY.with_(city="LA"), DAY, LATE)
+    assert missing.reasons[0].code is ReasonCode.PARTITION_MISSING
