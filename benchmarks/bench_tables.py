@@ -12,9 +12,9 @@
 
 ``--s3`` runs against a moto S3 server on 127.0.0.1 started here (the test fixture's server).
 
-Measured (2 shared cores): local 8.0 s vs 1.4 s = 5.8x (target not met: per-file Iceberg
-description in the driver, see docs/tables.md); moto S3 120.4 s vs 94.5 s = 1.27x; pinned
-read 0.99x of plain read_parquet; old snapshot 0.94x of current.
+Measured (2 shared cores): local 6.3 s vs 1.4 s = 4.5x (target not met, see docs/tables.md);
+moto S3 120.4 s vs 94.5 s = 1.27x (1.50x with the cores shared by a test run); pinned read
+0.99x of plain read_parquet; old snapshot 0.94x of current.
 """
 
 from __future__ import annotations
