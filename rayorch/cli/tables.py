@@ -36,7 +36,8 @@ def list_cmd(as_json: bool = JsonOpt) -> None:
         if not infos:
             out.print("no tables yet: a backfill creates its step's table on first commit")
             return
-        t = Table("table", "current snapshot", "snapshots", "location")
+        t = Table("table", "current snapshot", "snapshots")
+        t.add_column("location", overflow="fold")
         for i in infos:
             t.add_row(i.identifier, str(i.current_snapshot), str(i.snapshots), i.location)
         out.print(t)
