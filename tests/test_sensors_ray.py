@@ -80,7 +80,7 @@ def test_late_hours_wait_fail_then_watch_picks_up_affected_units(
     ]
     assert w["affected"][1]["blocked_by"] == [f"{la} (PENDING)"]
     assert "23 of 24 hours present" in w["reasons"][la][0]
-    w = _watch(cfg, env, "--backfill")
+    w = _watch(cfg, env, "--backfill", "--allow-local-state")  # one-node session cluster
     [ran] = w["backfills"]
     assert ran["request"]["steps"] == ["features"] and ran["summary"]["counts"]["done"] == 1
     ledger = open_ledger(settings)

@@ -173,6 +173,12 @@ def watch(
     ),
     now: str | None = typer.Option(None, "--now", help="Evaluate as of this ISO time (UTC)."),
     as_json: bool = JsonOpt,
+    allow_local_state: bool = typer.Option(
+        False,
+        "--allow-local-state",
+        help="With --backfill attached to a single-node Ray cluster: keep SQLite and local "
+        "paths (see `rayorch backfill --allow-local-state`).",
+    ),
 ) -> None:
     """Pick up late data: report (and with --backfill re-run) units a now-READY partition frees.
 
@@ -201,6 +207,7 @@ def watch(
                         ",".join(req.steps),
                         reprocess=reprocess,
                         settings=st,
+                        allow_local_state=allow_local_state,
                     )
                     failed |= summary.state.value != "SUCCEEDED"
                     ran.append({"request": req.to_dict(), "summary": summary.to_dict()})
