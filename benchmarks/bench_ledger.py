@@ -29,15 +29,16 @@ from rayorch.ledger.store import ClaimOutcome, Ledger, UnitSpec
 
 def _driver(url: str, bf_id: str, keys: list[str], batch: int, seed: int, barrier) -> None:
     led = Ledger(url)
+    own = led.get_backfill(bf_id).ownership
     rnd = random.Random(seed)
     order = keys[:]
     rnd.shuffle(order)
     barrier.wait()
     for i in range(0, len(order), batch):
         chunk = order[i : i + batch]
-        got = [r for r in led.claim_many(bf_id, chunk) if r.outcome is ClaimOutcome.GRANTED]
+        got = [r for r in led.claim_many(own, chunk) if r.outcome is ClaimOutcome.GRANTED]
         if got:
-            errs = led.commit_many(bf_id, [(r.run_key, r.token, {"ok": 1}) for r in got])
+            errs = led.commit_many(own, [(r.run_key, r.token, {"ok": 1}) for r in got])
             assert not any(errs)
     led.close()
 

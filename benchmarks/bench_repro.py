@@ -61,7 +61,7 @@ def bench_fingerprint(home: Path, repeat: int) -> dict[str, float]:
     db = f"sqlite:///{home / 'ledger.db'}"
     led = Ledger(db)
     bf, _ = led.start_backfill("bench", {}, "x", [UnitSpec("bench/u", "bench", "train", "k=a")])
-    token = led.claim_many(bf.id, ["bench/u"])[0].token
+    token = led.claim_many(bf.ownership, ["bench/u"])[0].token
     store = EnvStore(db)
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", artifact_root=str(home / "art"))
     exp = tracker.experiment_id("rayorch/bench")
