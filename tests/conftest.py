@@ -69,7 +69,7 @@ def pg_ledger_url():
         if os.environ.get("CI") == "true":  # in CI a missing service is a failure
             pytest.fail("CI=true but RAYORCH_TEST_PG_URL is not set: .ci/run must start PostgreSQL")
         pytest.skip("RAYORCH_TEST_PG_URL not set: PostgreSQL tests need a server (CI sets it)")
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
     from rayorch.ledger.schema import metadata
@@ -77,6 +77,8 @@ def pg_ledger_url():
     eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         metadata.drop_all(eng)
+        with eng.begin() as c:  # pyiceberg's SqlCatalog tables live in the same database
+            c.execute(text("DROP TABLE IF EXISTS iceberg_tables, iceberg_namespace_properties"))
     except OperationalError as e:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but PostgreSQL at {url} is unreachable: {e.orig}")

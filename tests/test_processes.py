@@ -3,6 +3,7 @@ concurrent overlapping backfills, SIGKILL at named points and resume, training e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,8 +46,14 @@ def _cli_proc(args, env):
     )
 
 
-def _partition_digests(spec, home, days):
+def _settings(home, db_url=None):
+    """The settings the CLI processes ran with (their ledger + catalog URL may be PostgreSQL)."""
     st = load_settings(home)
+    return dataclasses.replace(st, db_url=db_url) if db_url else st
+
+
+def _partition_digests(spec, home, days, db_url=None):
+    st = _settings(home, db_url)
     keys = [PartitionKey.of(city=c, date=d) for d in days for c in CITIES]
     live = StepTable.for_spec(spec, st).live(keys)
     assert sorted(live) == sorted(map(str, keys))  # every partition is in the table
@@ -58,7 +65,7 @@ def _partition_digests(spec, home, days):
 
 
 def _assert_exactly_once(spec, home, db_url, days):
-    st = load_settings(home)
+    st = _settings(home, db_url)
     led = Ledger(db_url)
     commits = led.events(event_name="COMMIT")
     keys = sorted(e["run_key"] for e in commits)
@@ -199,7 +206,7 @@ def test_sigkill_then_the_same_command_at_once_completes(cluster_env, home, tmp_
         assert summary["resumed"] is True and summary["took_over_from"], point
         assert summary["state"] == "SUCCEEDED" and summary["not_done"] == [], point
         assert summary["counts"]["failed"] == 0
-        assert _partition_digests(spec, h, days) == reference, point
+        assert _partition_digests(spec, h, days, db_url) == reference, point
         _assert_exactly_once(spec, h, db_url, days)
         if point == "after_commit:2":
             assert summary["reconciled"], "the committed-but-unpublished unit was rolled forward"
