@@ -16,7 +16,7 @@ from rayorch.backfill.executor import Reconciled
 from rayorch.backfill.plan import BackfillPlan, Step, Unit, make_run_key
 from rayorch.ledger.owners import Observation, OwnerInfo
 from rayorch.partitions import PartitionKey
-from rayorch.results import Noop, Staged, Trained, Yielded
+from rayorch.results import Staged, Trained, Yielded
 
 HOST = socket.gethostname()
 
@@ -171,6 +171,3 @@ def make_plan(keys: list[str], days: int = 1, train: bool = False, name: str = "
     steps = (Step.FEATURES, Step.TRAIN) if train else (Step.FEATURES,)
     params = {"pipeline": name, "keys": keys, "days": days, "train": train}
     return BackfillPlan(name, start, start, {"city": keys}, steps, tuple(units), "fp", params)
-
-
-_ = Noop  # re-exported for tests

@@ -317,6 +317,8 @@ class BackfillDriver:
         )
         self.crash("after_claim")
         held = [r for r in results if r.outcome is ClaimOutcome.HELD and r.unit is not None]
+        if not held:  # the common case: no holder to look up or judge
+            return [self._claimed(r, {}, {}) for r in results]
         holders = self.ledger.get_backfills({r.unit.holder for r in held if r.unit.holder})
         verdicts = {}
         now = self.ledger.now()
