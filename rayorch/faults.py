@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import signal
 
+from rayorch.settings import crash_at
+
 _hits: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    spec = os.environ.get("RAYORCH_CRASH_AT")
+    spec = crash_at()
     if not spec:
         return
     point, _, nth = spec.partition(":")

@@ -6,7 +6,7 @@ import logging
 import os
 
 from rayorch.errors import InfrastructureError
-from rayorch.settings import Settings
+from rayorch.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ def ensure_ray(settings: Settings, num_cpus: int | None = None) -> None:
         if settings.ray_address:
             ray.init(address=settings.ray_address, log_to_driver=True)
             return
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Read now, not from ``settings``: one built by hand carries no RAY_AUTH_MODE.
+        if load_settings().ray_auth_mode is None:
+            os.environ["RAY_AUTH_MODE"] = "disabled"  # for ray.init and the processes it starts
         cpus = num_cpus or max(4, os.cpu_count() or 1)
         ray.init(
             address="local",

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rayorch.settings import env_values, load_settings
+
 FINGERPRINT_VERSION = 1
 KEY_PACKAGES = ("ray", "torch", "pyarrow", "mlflow")
-IMAGE_ENV_VARS = ("RAYORCH_IMAGE", "RAY_IMAGE", "KUBERAY_IMAGE")
-GIT_COMMIT_ENV = "RAYORCH_GIT_COMMIT"
 _NAME_RE = re.compile(r"[-_.]+")
 
 
@@ -187,11 +187,9 @@ def _from_metadata(path: str) -> tuple[str, str] | None:
 
 
 def observed_image() -> str | None:
-    for name in IMAGE_ENV_VARS:
-        v = os.environ.get(name)
-        if v:
-            return v
-    return None
+    """The image this node or pod runs, as its launcher announces it (the first of
+    ``rayorch.settings.IMAGE_ENV_VARS`` that is set)."""
+    return load_settings().image
 
 
 def capture(ctx: EnvContext | None = None, *, worker: str = "") -> Fingerprint:
@@ -207,7 +205,7 @@ def capture(ctx: EnvContext | None = None, *, worker: str = "") -> Fingerprint:
         image=image,
         image_source=source,
         packages=installed_packages(),
-        env_vars={k: os.environ.get(k) for k in ctx.record_env},
+        env_vars=env_values(ctx.record_env),
         lockfile=ctx.lockfile,
         lockfile_sha256=ctx.lockfile_sha256,
         git_commit=ctx.git_commit,
@@ -230,7 +228,7 @@ def file_sha256(path: str | Path) -> str:
 
 def git_commit(start: str | Path | None = None) -> str | None:
     """HEAD commit of the git work tree containing ``start`` (cwd), read from files; or None."""
-    env = os.environ.get(GIT_COMMIT_ENV)
+    env = load_settings().git_commit  # RAYORCH_GIT_COMMIT pins it
     if env:
         return env
     here = Path(start or os.getcwd()).resolve()

@@ -7,22 +7,21 @@ with neither, no namespace requires digests.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rayorch.env.fingerprint import EnvContext, env_context, resolve_lockfile
 from rayorch.env.spec import ImageRef, build_runtime_env, check_image_policy
+from rayorch.settings import load_settings
 
-CLUSTER_CONFIG_ENV = "RAYORCH_CLUSTER_CONFIG"
 DEFAULT_CLUSTER_CONFIG = "configs/cluster.yaml"
 
 
 def cluster_config_path(explicit: str | Path | None = None) -> str | None:
     if explicit:
         return str(explicit)
-    env = os.environ.get(CLUSTER_CONFIG_ENV)
+    env = load_settings().cluster_config  # RAYORCH_CLUSTER_CONFIG
     if env:
         return env
     return DEFAULT_CLUSTER_CONFIG if Path(DEFAULT_CLUSTER_CONFIG).is_file() else None

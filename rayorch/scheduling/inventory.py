@@ -32,13 +32,13 @@ def read_nodes() -> tuple[NodeState, ...]:
 
 def connect(address: str | None = None) -> None:
     """Attach to a running Ray cluster (``--address`` / ``RAY_ADDRESS`` / ``auto``)."""
-    import os
-
     import ray
+
+    from rayorch.settings import load_settings
 
     if ray.is_initialized():
         return
-    addr = address or os.environ.get("RAY_ADDRESS") or "auto"
+    addr = address or load_settings().ray_address or "auto"
     try:
         ray.init(address=addr, namespace="rayorch", log_to_driver=False, configure_logging=False)
     except Exception as e:  # ConnectionError, RuntimeError: depends on the Ray version
