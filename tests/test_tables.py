@@ -238,20 +238,55 @@ def test_drivers_creating_the_table_at_once_both_publish(home):
     assert errors == [] and sorted(x[1] for x in rows(tables[0])) == ["LA", "NYC", "SEA", "SF"]
 
 
-def test_batch_file_descriptions_equal_pyiceberg_own(table):
-    """The batch path (schema checked once) describes files exactly as pyiceberg does."""
+def test_file_descriptions_equal_pyiceberg_own(table):
+    """Files described by their writer, and files whose footer is read at publish, become
+    exactly the DataFiles pyiceberg's own ``parquet_file_to_data_file`` builds."""
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
-    from rayorch.data.tables import _data_files
+    from rayorch.data.table_files import FileToAdd, data_files
 
     keys = [KEY.with_(city=c) for c in [*CITIES, "SEA", "ATL"]]
     staged = [stage(table, k, 1, [f"{k}-{i}" for i in range(3 + n)]) for n, k in enumerate(keys)]
+    assert all(s["files"][0]["iceberg"]["schema"] for s in staged)  # described when written
     table.publish_many([outputs.publish_item(staged[0])])  # creates the table
     ice = table.require()
-    files = [(s["files"][0]["path"], s["files"][0]["size"]) for s in staged]
     fields = ("file_path", "record_count", "file_size_in_bytes", "partition", "value_counts")
-    fields += ("null_value_counts", "lower_bounds", "upper_bounds", "column_sizes", "spec_id")
-    for ours, path in zip(_data_files(ice.io, ice.metadata, files), files, strict=True):
-        theirs = parquet_file_to_data_file(ice.io, ice.metadata, path[0])
-        theirs.spec_id = ice.metadata.default_spec_id
-        assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    fields += ("null_value_counts", "nan_value_counts", "lower_bounds", "upper_bounds")
+    fields += ("column_sizes", "split_offsets", "spec_id", "content", "file_format")
+    for described in (True, False):
+        files = [
+            FileToAdd(
+                s["files"][0]["path"],
+                PartitionKey.parse(s["partition"]),
+                s["files"][0]["size"],
+                s["files"][0]["iceberg"] if described else None,
+            )
+            for s in staged
+        ]
+        for ours, f in zip(data_files(ice.io, ice.metadata, files), files, strict=True):
+            theirs = parquet_file_to_data_file(ice.io, ice.metadata, f.path)
+            theirs.spec_id = ice.metadata.default_spec_id
+            assert [getattr(ours, n) for n in fields] == [getattr(theirs, n) for n in fields]
+
+
+def test_a_description_for_another_schema_is_not_used(home):
+    """A writer's description made against a schema that is not the table's (here: the
+    columns in another order, so other field ids) is ignored: the footer is read."""
+    from rayorch.data.table_files import FileToAdd, data_files, fingerprint
+
+    st = load_settings()
+    t = StepTable(st, "p", st.resolve("out"), ["city", "date"], "f")
+    t.publish_many([outputs.publish_item(stage(t, KEY, 1, ["a"]))])
+    swapped = pa.table({"v": [2.0], "id": ["b"]})
+    f = outputs.stage(t, KEY, swapped, run_key="k", token=2, unique_key=["id"])["files"][0]
+    ice = t.require()
+    assert f["iceberg"]["schema"] != fingerprint(ice.metadata.schema(), ice.metadata.properties)
+    [df] = data_files(ice.io, ice.metadata, [FileToAdd(f["path"], KEY, f["size"], f["iceberg"])])
+    id_field = ice.metadata.schema().find_field("id").field_id
+    assert df.lower_bounds[id_field] == b"b"  # keyed by the table's ids, not the writer's
+    t.publish_many([outputs.publish_item(outputs_item(f, 2))])
+    assert rows(t) == [("SF", "b", 2.0)]
+
+
+def outputs_item(f: dict, token: int) -> dict:
+    return {"run_key": "k", "token": token, "partition": str(KEY), "files": [f]}

@@ -5,7 +5,8 @@ token (``t<token>-<nonce>.parquet``); no snapshot refers to it, so no reader see
 driver commits the unit in the ledger (fenced), then publishes: one table commit replaces
 exactly the committed partitions (:meth:`rayorch.data.tables.StepTable.publish_many`). A
 partition is always replaced whole, never appended to. Files of attempts that never publish
-stay unreferenced, so no reader sees them (deleting such orphans is not done yet).
+stay unreferenced, so no reader sees them; ``rayorch tables expire`` deletes them once they
+are older than its grace period (:mod:`rayorch.data.table_orphans`).
 """
 
 from __future__ import annotations
@@ -54,14 +55,15 @@ def stage(
     """Write the partition's new version where no reader looks; return what the ledger
     records for it (the driver publishes exactly these files after the fenced commit)."""
     check_unique(table, unique_key, partition=str(key))
-    uri, size = write_data_file(step_table, key, table, token=token, nonce=uuid.uuid4().hex[:16])
+    written = write_data_file(step_table, key, table, token=token, nonce=uuid.uuid4().hex[:16])
+    described = {"iceberg": written.description} if written.description is not None else {}
     return {
         "table": step_table.identifier,
         "partition": str(key),
         "run_key": run_key,
         "token": token,
         "rows": table.num_rows,
-        "files": [{"path": uri, "size": size, "rows": table.num_rows}],
+        "files": [{"path": written.uri, "size": written.size, "rows": table.num_rows, **described}],
     }
 
 
@@ -73,4 +75,5 @@ def publish_item(staged: dict[str, Any]) -> PublishItem:
         staged["partition"],
         tuple(f["path"] for f in staged["files"]),
         {f["path"]: int(f["size"]) for f in staged["files"] if f.get("size") is not None},
+        {f["path"]: f["iceberg"] for f in staged["files"] if f.get("iceberg")},
     )

@@ -150,6 +150,16 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         f.write(data)
 
 
+def open_output(fs: pafs.FileSystem, path: str) -> pa.NativeFile:
+    """A new file to write. Parent directories are made only where the filesystem has them
+    (local disk); an object store needs none, so writing costs one PUT and no marker calls."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        parent = path.rsplit("/", 1)[0]
+        if parent and parent != path:
+            fs.create_dir(parent, recursive=True)
+    return fs.open_output_stream(path)
+
+
 def to_uri(fs: pafs.FileSystem, path: str) -> str:
     """The URI form of a path inside ``fs`` (``s3://`` for S3, the plain path locally)."""
     if isinstance(fs, pafs.S3FileSystem):
