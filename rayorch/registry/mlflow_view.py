@@ -34,9 +34,13 @@ def _missing(e: Exception) -> bool:
 class RegistryView:
     def __init__(self, tracking_uri: str) -> None:
         from rayorch.lineage.tracking import mlflow_client
+        from rayorch.registry.mlflow_rest import alias_rest_for
 
         self.uri = tracking_uri
         self.client = mlflow_client(tracking_uri, registry=True)
+        # A tracking server: the alias read and write are one REST call each on a kept-alive
+        # session (see ``mlflow_rest``); a local store: MlflowClient.
+        self.rest = alias_rest_for(tracking_uri)
         # Facts of a READY version whose run has ended do not change: a version's source, run,
         # metrics and dataset inputs are immutable once the run ends, and rayorch tags the
         # artifact digest before it ends the run. Caching them keeps a promotion to one alias
@@ -51,6 +55,8 @@ class RegistryView:
         Always read from MLflow, never cached: the decision is against the real alias.
         """
         try:
+            if self.rest is not None:
+                return self.rest.get(model, alias)
             return str(self.client.get_model_version_by_alias(model, alias).version)
         except Exception as e:
             if _missing(e):
@@ -102,10 +108,17 @@ class RegistryView:
     def set_alias(self, model: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version`` (MLflow's public, unconditional call)."""
         try:
-            self.client.set_registered_model_alias(model, alias, version)
+            if self.rest is not None:
+                self.rest.set(model, alias, version)
+            else:
+                self.client.set_registered_model_alias(model, alias, version)
         except Exception as e:
             self._facts.pop((model, version), None)  # e.g. deleted meanwhile: re-read it
             raise self._infra("set an alias of", model, e) from e
+
+    def close(self) -> None:
+        if self.rest is not None:
+            self.rest.close()
 
     def version_digests(self, model: str) -> dict[str, str]:
         """version -> recorded artifact digest, for every version that has one."""

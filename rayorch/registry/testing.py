@@ -138,23 +138,51 @@ def fresh_database(admin_url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+#: uvicorn worker processes of ``mlflow server``. A promotion is two REST calls whose cost is
+#: the server's CPU (FastAPI around Flask, ~10 SQL statements a call); one worker serializes
+#: them. Measured with ``benchmarks/bench_promotions.py --server-workers``.
+SERVER_WORKERS = 2
+#: MLflow's job runner and its seven huey consumers poll for GenAI jobs rayorch never submits
+#: (several % of a core each, constantly): off.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+#: uvicorn kills a worker that does not answer its supervisor's ping within 5 s, and a worker
+#: restarted on a loaded 2-core machine takes longer than that to import MLflow: without a longer
+#: grace the workers are killed and restarted for ever (seen here: "Child process [...] died").
+SERVER_UVICORN_OPTS = "--timeout-worker-healthcheck 120"
+
+
+def server_command(backend: str, artifacts: Path, port: int, workers: int) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend.replace("postgresql://", "postgresql+psycopg://", 1),
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+    if workers > 1:
+        cmd += ["--uvicorn-opts", SERVER_UVICORN_OPTS]
+    return cmd
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` in its own process group; returns it once /health answers."""
+def start_mlflow_server(
+    backend: str, artifacts: Path, log: Path, workers: int = SERVER_WORKERS
+) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` in its own process group; returns it once /health answers.
+
+    Served as a deployment would be (see ``SERVER_WORKERS``, ``server_command``).
+    """
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend.replace("postgresql://", "postgresql+psycopg://", 1),
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-    ]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        server_command(backend, artifacts, port, workers),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **SERVER_ENV},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
