@@ -19,7 +19,7 @@ import enum
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +166,55 @@ def _row(r: Any) -> PromotionRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One promotion attempt as decided, ready to be written."""
+
+    request: PromotionRequest
+    decision: PromotionDecision
+    gates: GatesSpec
+    artifact_digest: str | None
+
+    @property
+    def applied(self) -> bool:
+        return self.decision.outcome is PromotionOutcome.APPLIED
+
+    def key(self, registry: str) -> AliasKey:
+        return AliasKey(registry, self.request.model, self.request.alias)
+
+
+def _values(registry: str, a: Attempt, now: float) -> dict[str, Any]:
+    request, decision = a.request, a.decision
+    return {
+        "registry": registry,
+        "model": request.model,
+        "alias": request.alias,
+        "kind": request.kind,
+        "expected": request.expected_current,
+        "from_version": decision.current,
+        "to_version": decision.target,
+        "outcome": decision.outcome.value,
+        "phase": (Phase.STARTED if a.applied else Phase.FINISHED).value,
+        "reasons": json.dumps(list(decision.reasons)),
+        "gates": json.dumps(a.gates.model_dump(mode="json"), sort_keys=True),
+        "who": json.dumps(dict(request.who), sort_keys=True, default=str),
+        "artifact_digest": a.artifact_digest,
+        "started_at": now,
+        "finished_at": None if a.applied else now,
+        "schema_version": AUDIT_SCHEMA_VERSION,
+    }
+
+
+def _insert(conn: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert rows in order, one statement; their ids in the same order."""
+    if not rows:
+        return []
+    if len(rows) == 1:
+        return [int(conn.execute(insert(promotions).values(**rows[0])).inserted_primary_key[0])]
+    stmt = insert(promotions).returning(promotions.c.id, sort_by_parameter_order=True)
+    return [int(r.id) for r in conn.execute(stmt, rows)]
+
+
 class AuditLog:
     """The ``registry_promotions`` table plus the per-model promotion lock."""
 
@@ -205,51 +254,48 @@ class AuditLog:
         artifact_digest: str | None,
         seen: RecordedAlias | None = None,
     ) -> tuple[int, list[PromotionRecord]]:
-        """Write one attempt (APPLIED is written STARTED: the alias has not moved yet) and, in
-        the same transaction, return the model's attempts still STARTED before it. The caller
-        holds the model's lock, so those have no live writer: settle them before moving.
+        """``begin_batch`` for one attempt: its row id and the orphans."""
+        ids, orphans = self.begin_batch(
+            registry, [Attempt(request, decision, gates, artifact_digest)], seen
+        )
+        return ids[0], orphans
 
-        An APPLIED attempt also claims the alias row from ``seen`` (the row as the caller read
-        it) in the same transaction; if the row changed since, nothing is written and
-        :class:`AliasRowMovedError` is raised."""
+    def begin_batch(
+        self, registry: str, attempts: Sequence[Attempt], seen: RecordedAlias | None = None
+    ) -> tuple[list[int], list[PromotionRecord]]:
+        """Write attempts of one model (an APPLIED one is written STARTED: the alias has not
+        moved yet) and, in the same transaction, return the model's attempts still STARTED
+        before them. The caller holds the model's lock, so those have no live writer: settle
+        them before moving.
+
+        At most one attempt may be APPLIED; it also claims its alias row from ``seen`` (the
+        row as the caller read it) in the same transaction; if the row changed since, nothing
+        is written and :class:`AliasRowMovedError` is raised."""
+        applied = [a for a in attempts if a.applied]
+        if len(applied) > 1 or len({a.request.model for a in attempts}) != 1:
+            raise ValueError("a batch is one model's attempts, with at most one APPLIED")
+        model = attempts[0].request.model
         now = time.time()
-        applied = decision.outcome is PromotionOutcome.APPLIED
-        values = {
-            "registry": registry,
-            "model": request.model,
-            "alias": request.alias,
-            "kind": request.kind,
-            "expected": request.expected_current,
-            "from_version": decision.current,
-            "to_version": decision.target,
-            "outcome": decision.outcome.value,
-            "phase": (Phase.STARTED if applied else Phase.FINISHED).value,
-            "reasons": json.dumps(list(decision.reasons)),
-            "gates": json.dumps(gates.model_dump(mode="json"), sort_keys=True),
-            "who": json.dumps(dict(request.who), sort_keys=True, default=str),
-            "artifact_digest": artifact_digest,
-            "started_at": now,
-            "finished_at": None if applied else now,
-            "schema_version": AUDIT_SCHEMA_VERSION,
-        }
         orphans = select(promotions).where(
             promotions.c.registry == registry,
-            promotions.c.model == request.model,
+            promotions.c.model == model,
             promotions.c.phase == Phase.STARTED.value,
         )
         with self.engine.begin() as c:
             left = [_row(r) for r in c.execute(orphans.order_by(promotions.c.id))]
-            new_id = int(c.execute(insert(promotions).values(**values)).inserted_primary_key[0])
-            key = AliasKey(registry, request.model, request.alias)
-            if applied and not alias_rows.claim(c, key, seen, decision.target, new_id):
-                raise AliasRowMovedError(
-                    f"another promoter moved {request.alias} of {request.model!r} in rayorch's "
-                    "alias row meanwhile (a coordinator without the model's lock?); nothing was "
-                    "written. Retry for a fresh decision.",
-                    model=request.model,
-                    alias=request.alias,
-                )
-        return new_id, left
+            ids = _insert(c, [_values(registry, a, now) for a in attempts])
+            for a, new_id in zip(attempts, ids, strict=True):
+                if a.applied and not alias_rows.claim(
+                    c, a.key(registry), seen, a.decision.target, new_id
+                ):
+                    raise AliasRowMovedError(
+                        f"another promoter moved {a.request.alias} of {model!r} in rayorch's "
+                        "alias row meanwhile (a coordinator without the model's lock?); nothing "
+                        "was written. Retry for a fresh decision.",
+                        model=model,
+                        alias=a.request.alias,
+                    )
+        return ids, left
 
     def recorded(self, key: AliasKey) -> RecordedAlias | None:
         """rayorch's row for the alias: what it last set, and whether a move is unsettled."""
@@ -259,15 +305,30 @@ class AuditLog:
         return found
 
     def transition(
-        self, record_id: int, to: Phase, note: str | None = None, key: AliasKey | None = None
-    ) -> None:
+        self,
+        record_id: int,
+        to: Phase,
+        note: str | None = None,
+        key: AliasKey | None = None,
+        followers: Sequence[Attempt] = (),
+        registry: str | None = None,
+    ) -> list[int]:
         """Move a STARTED attempt to a terminal phase: one conditional UPDATE; with ``key``,
         its claim of the alias row is settled in the same transaction (kept when FINISHED,
-        reverted when ROLLED_BACK)."""
+        reverted when ROLLED_BACK).
+
+        ``followers`` are attempts decided after this one's move (they moved nothing, e.g.
+        CONFLICTs of a batch that expected what this attempt replaced): they are written,
+        FINISHED, in the same transaction, which is then durable like ``begin``'s (every
+        attempt a caller is answered for is on disk). Their new ids are returned."""
         if to not in TRANSITIONS[Phase.STARTED]:
             raise IllegalTransitionError(f"no promotion may become {to.value}", to=to.value)
-        values: dict[str, Any] = {"phase": to.value, "finished_at": time.time()}
-        with self._completion_tx() as c:
+        if any(f.applied for f in followers) or (followers and registry is None):
+            raise ValueError("followers move nothing, and need their registry")
+        now = time.time()
+        values: dict[str, Any] = {"phase": to.value, "finished_at": now}
+        tx = self.engine.begin() if followers else self._completion_tx()
+        with tx as c:
             if note:
                 old = c.execute(
                     select(promotions.c.reasons).where(promotions.c.id == record_id)
@@ -280,14 +341,16 @@ class AuditLog:
             ).rowcount
             if done == 1 and key is not None:
                 alias_rows.settle(c, key, record_id, moved=to is Phase.FINISHED)
+            ids = _insert(c, [_values(registry or "", f, now) for f in followers])
         if done != 1:
-            now = self.get(record_id).phase
+            phase = self.get(record_id).phase
             raise IllegalTransitionError(
-                f"promotion {record_id} is {now.value}; it cannot become {to.value}",
+                f"promotion {record_id} is {phase.value}; it cannot become {to.value}",
                 id=record_id,
-                phase=now.value,
+                phase=phase.value,
                 to=to.value,
             )
+        return ids
 
     @contextmanager
     def _completion_tx(self) -> Iterator[Any]:

@@ -2,11 +2,13 @@
 
 Every rayorch promotion of a registry passes through the actor named
 ``rayorch-promotions-<hash of the tracking URI>`` in namespace ``rayorch``; any driver or
-notebook reaches the same one (``get_if_exists``). Calls are serialized (``max_concurrency=1``),
-and each one is: settle orphans, read facts, decide (pure), write the audit row, move the alias,
-finish the row. The actor keeps no state that is not in the ledger or MLflow: killed and
-restarted (``max_restarts=-1``), it first settles what it left ``STARTED`` and then answers as
-before.
+notebook reaches the same one (``get_if_exists``). The actor takes calls concurrently
+(``ACTOR_CONCURRENCY`` threads), but promotions of one model never interleave: concurrent ones
+are carried out as one batch by one thread (``combining``), under the model's lock. A batch is,
+per alias: settle orphans, read rayorch's row and MLflow's alias once, decide each promotion
+(pure), write the audit rows, move the alias at most once, finish. The actor keeps no state
+that is not in the ledger or MLflow: killed and restarted (``max_restarts=-1``), it first
+settles what it left ``STARTED`` and then answers as before.
 
 Crash-ordering invariant: the audit row is committed ``STARTED``, together with the claim of
 rayorch's alias row (the compare-and-set, ``alias_rows``), before the alias is set in MLflow;
@@ -23,12 +25,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rayorch.errors import InfrastructureError, RayorchError
 from rayorch.registry.alias_rows import AliasKey
-from rayorch.registry.audit import AuditLog, Phase, PromotionRecord, who_am_i
+from rayorch.registry.audit import Attempt, AuditLog, Phase, PromotionRecord, who_am_i
+from rayorch.registry.combining import Combiner
 from rayorch.registry.decisions import (
     PromotionDecision,
     PromotionOutcome,
@@ -48,6 +52,12 @@ from rayorch.spec import GatesSpec
 NAMESPACE = "rayorch"
 CRASH_POINTS = ("after_started", "after_alias")
 CRASH_MODES = ("exit", "hang")  # die at once (restarted by Ray), or block until killed
+
+
+Job = tuple[PromotionRequest, GatesSpec]
+NOT_RUN = InfrastructureError("the promotion was not carried out")  # replaced for every job
+#: calls the actor takes at once: concurrent promotions of a model are batched (``combining``)
+ACTOR_CONCURRENCY = 32
 
 
 def actor_name(tracking_uri: str) -> str:
@@ -84,6 +94,7 @@ class Coordinator:
         self.db_url = db_url
         self.view = RegistryView(tracking_uri)
         self.audit = AuditLog(db_url)
+        self._combiner: Combiner[str, Job, PromotionResult] = Combiner(self._promote_batch)
         self._crash_at: str | None = None  # test hook; deliberately lost on restart
         self._crash_mode = "exit"
         self.settled_on_start = [r.to_dict() for r in self.reconcile()]
@@ -124,14 +135,19 @@ class Coordinator:
 
     # -- promotions -------------------------------------------------------------------------
     def promote(self, request: PromotionRequest, gates: GatesSpec) -> PromotionResult:
-        with self.audit.lock(self.registry, request.model):
-            return self._promote_locked(request, gates)  # settles what it finds STARTED
+        """One promotion; concurrent calls for the same model run as one batch (see
+        ``combining`` and ``_promote_batch``)."""
+        return self._combiner.submit(request.model, (request, gates))
+
+    def batches(self) -> dict[str, int]:
+        """How many batches carried how many promotions in this incarnation (benchmarks)."""
+        return {"batches": self._combiner.batches, "promotions": self._combiner.items}
 
     def rollback(
         self, model: str, alias: str, gates: GatesSpec, who: dict[str, Any]
     ) -> PromotionResult:
         """Promote the alias's previous version (per the audit log) through the same CAS."""
-        with self.audit.lock(self.registry, model):
+        with self._combiner.exclusive(model), self.audit.lock(self.registry, model):
             self._settle_model(model)
             expected, target = rollback_plan(self.audit.applied_steps(self.registry, model, alias))
             if target is None:
@@ -142,44 +158,126 @@ class Coordinator:
                     alias=alias,
                 )
             req = PromotionRequest(model, target, alias, expected, kind="rollback", who=who)
-            return self._promote_locked(req, gates)
+            out = self._promote_alias(req.model, req.alias, [(req, gates)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
-    def _promote_locked(self, request: PromotionRequest, gates: GatesSpec) -> PromotionResult:
-        key = AliasKey(self.registry, request.model, request.alias)
-        seen = self.audit.recorded(key)
-        if seen is not None and seen.pending:  # a dead coordinator's claim: settle it first
-            self._settle(self.audit.get(seen.audit_id))
+    def _promote_batch(self, model: str, jobs: Sequence[Job]) -> list[PromotionResult | Exception]:
+        """Carry out concurrent promotions of one model under its lock: per alias, one read of
+        rayorch's row and of MLflow's alias, one write-ahead transaction, at most one move."""
+        out: list[PromotionResult | Exception] = [NOT_RUN] * len(jobs)
+        by_alias: dict[str, list[int]] = {}
+        for i, (req, _) in enumerate(jobs):
+            by_alias.setdefault(req.alias, []).append(i)
+        with self.audit.lock(self.registry, model):
+            for alias, idx in by_alias.items():
+                results = self._promote_alias(model, alias, [jobs[i] for i in idx])
+                for i, r in zip(idx, results, strict=True):
+                    out[i] = r
+        return out
+
+    def _promote_alias(
+        self, model: str, alias: str, jobs: Sequence[Job]
+    ) -> list[PromotionResult | Exception]:
+        """Decide every job against one read of the alias, in arrival order.
+
+        Jobs whose decision moves nothing (CONFLICT, ALREADY_TARGET, REJECTED) are answered as
+        of that read. Of those that would move the alias (APPLIED: they all expect the version
+        read), the first moves it; the others are decided again against the alias it set
+        (``followers``: CONFLICT, or ALREADY_TARGET when they wanted the same version), as if
+        they had come right after it, which is the order their audit rows record. Should the
+        move fail, they are decided afresh in another round. An error (the ledger or MLflow
+        unreachable) is the answer of every job not answered yet.
+        """
+        out: list[PromotionResult | Exception] = [NOT_RUN] * len(jobs)
+        try:
+            self._promote_rounds(model, alias, jobs, out)
+        except Exception as e:
+            out = [e if r is NOT_RUN else r for r in out]
+        return out
+
+    def _promote_rounds(
+        self, model: str, alias: str, jobs: Sequence[Job], out: list[PromotionResult | Exception]
+    ) -> None:
+        todo = list(range(len(jobs)))
+        key = AliasKey(self.registry, model, alias)
+        while todo:
             seen = self.audit.recorded(key)
-        current = self.view.current(request.model, request.alias)
-        facts = self.view.facts(request.model, request.version)
-        recorded = seen.version if seen is not None else None
-        decision = decide_promotion(request, current, facts, gates, recorded=recorded)
-        # Write-ahead: the attempt and its claim of the alias row are durable before MLflow is
-        # touched. The same transaction returns attempts of this model a dead coordinator left
-        # STARTED (other aliases, or from before alias rows); settling them reads the alias
-        # and never moves it, so the decision above stays valid.
-        audit_id, orphans = self.audit.begin(
-            self.registry, request, decision, gates, facts.artifact_digest, seen
-        )
-        for rec in orphans:
-            self._settle(rec)
-        if decision.outcome is not PromotionOutcome.APPLIED:
-            return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
+            if seen is not None and seen.pending:  # a dead coordinator's claim: settle it first
+                self._settle(self.audit.get(seen.audit_id))
+                seen = self.audit.recorded(key)
+            current = self.view.current(model, alias)
+            recorded = seen.version if seen is not None else None
+            attempts = [self._decide(jobs[i], current, recorded) for i in todo]
+            movers = [k for k, a in enumerate(attempts) if a.applied]
+            winner = movers[0] if movers else None
+            # ids in the order of the linearization: those answered as of the read, the winner,
+            # (after its move) the followers
+            written = [k for k in range(len(todo)) if k not in movers] + movers[:1]
+            # Write-ahead: the attempts and the winner's claim of the alias row are durable
+            # before MLflow is touched. The same transaction returns attempts of this model a
+            # dead coordinator left STARTED (other aliases, or from before alias rows);
+            # settling them reads the alias and never moves it, so the decisions stay valid.
+            batch = [attempts[k] for k in written]
+            ids, orphans = self.audit.begin_batch(self.registry, batch, seen)
+            for rec in orphans:
+                self._settle(rec)
+            for k, audit_id in zip(written, ids, strict=True):
+                if k != winner:
+                    out[todo[k]] = self._result(attempts[k], audit_id, Phase.FINISHED)
+            if winner is None:
+                return
+            audit_id = ids[written.index(winner)]
+            win = attempts[winner]
+            rest = [todo[k] for k in movers[1:]]
+            try:
+                phase, followers = self._move(win, audit_id, key, [jobs[i] for i in rest])
+            except PromotionInterruptedError as e:
+                out[todo[winner]] = e
+                todo = rest  # the alias did not move: decide them afresh
+                continue
+            out[todo[winner]] = self._result(win, audit_id, phase)
+            for i, (a, fid) in zip(rest, followers, strict=True):
+                out[i] = self._result(a, fid, Phase.FINISHED)
+            return
+
+    def _decide(self, job: Job, current: str | None, recorded: str | None) -> Attempt:
+        req, gates = job
+        facts = self.view.facts(req.model, req.version)
+        decision = decide_promotion(req, current, facts, gates, recorded=recorded)
+        return Attempt(req, decision, gates, facts.artifact_digest)
+
+    def _move(
+        self, win: Attempt, audit_id: int, key: AliasKey, rest: Sequence[Job]
+    ) -> tuple[Phase, list[tuple[Attempt, int]]]:
+        """Set the alias for the STARTED ``win`` and finish it, with the jobs decided after it
+        written in the same transaction; PromotionInterruptedError if the alias did not move."""
+        req = win.request
         self._maybe_crash("after_started")
         try:
-            self.view.set_alias(request.model, request.alias, request.version)
+            self.view.set_alias(req.model, req.alias, req.version)
         except Exception as e:
             rec = self._settle(self.audit.get(audit_id), f"MLflow failed: {e}")
             if rec.phase is not Phase.FINISHED:
                 raise PromotionInterruptedError(
-                    f"MLflow failed while moving {request.alias} of {request.model!r}: {e}; "
+                    f"MLflow failed while moving {req.alias} of {req.model!r}: {e}; "
                     f"the alias did not move (audit {audit_id} ROLLED_BACK). Retry.",
                     audit_id=audit_id,
                 ) from e
-            return PromotionResult(decision, request.model, request.alias, audit_id, rec.phase)
+            followers = [self._decide(j, req.version, req.version) for j in rest]
+            ids = self.audit.begin_batch(self.registry, followers)[0] if followers else []
+            return rec.phase, list(zip(followers, ids, strict=True))
         self._maybe_crash("after_alias")
-        self.audit.transition(audit_id, Phase.FINISHED, key=key)
-        return PromotionResult(decision, request.model, request.alias, audit_id, Phase.FINISHED)
+        # rayorch's row and MLflow's alias now both name the target: the followers' state
+        followers = [self._decide(j, req.version, req.version) for j in rest]
+        ids = self.audit.transition(
+            audit_id, Phase.FINISHED, key=key, followers=followers, registry=self.registry
+        )
+        return Phase.FINISHED, list(zip(followers, ids, strict=True))
+
+    def _result(self, a: Attempt, audit_id: int, phase: Phase) -> PromotionResult:
+        return PromotionResult(a.decision, a.request.model, a.request.alias, audit_id, phase)
 
     # -- test hook: die at a named point (real process death, not an exception) --------------
     def arm_crash(self, point: str | None, mode: str = "exit") -> None:
@@ -260,7 +358,7 @@ def _create_or_get(name: str, s: Settings) -> Any:
             lifetime="detached",
             get_if_exists=True,
             max_restarts=-1,
-            max_concurrency=1,
+            max_concurrency=ACTOR_CONCURRENCY,
             num_cpus=0,
         )
         .remote(s.mlflow_uri, s.db_url)
