@@ -39,14 +39,20 @@ import itertools
 import json
 import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("RAY_ADDRESS", None)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rayorch.registry.testing import SERVER_WORKERS  # after the path insert
 
 MODEL = "bench-model"
 ALIAS = "production"
@@ -57,59 +63,62 @@ def _client_class():
 
     @ray.remote(num_cpus=0)
     class Client:
-        """One promoter in its own worker process."""
+        """One promoter in its own worker process; the registry comes with each call."""
 
-        def __init__(self, settings, seed: int) -> None:
-            from mlflow.tracking import MlflowClient
-
-            self.settings = settings
+        def __init__(self, seed: int) -> None:
             self.rng = random.Random(seed)
-            self.mlflow = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+            self.mlflow: dict = {}
 
-        def ready(self) -> bool:
+        def ready(self, settings) -> bool:
             from rayorch.registry import coordinator
 
-            coordinator.get_coordinator(self.settings)
+            coordinator.get_coordinator(settings)
             return True
 
-        def cas_loop(self, versions: list[str], start_at: float, seconds: float) -> dict:
+        def cas_loop(self, settings, versions: list[str], start_at: float, seconds: float) -> dict:
             """CAS as fast as possible for ``seconds``, expecting what was last seen."""
             from rayorch.registry import coordinator
 
             while time.time() < start_at:
                 time.sleep(0.0005)
-            seen = coordinator.current_version(MODEL, ALIAS, settings=self.settings)
+            seen = coordinator.current_version(MODEL, ALIAS, settings=settings)
             counts = {"attempts": 0, "APPLIED": 0, "CONFLICT": 0, "ALREADY_TARGET": 0,
                       "REJECTED": 0}  # fmt: skip
             end = time.time() + seconds
             while time.time() < end:
                 target = self.rng.choice([v for v in versions if v != seen])
-                r = coordinator.promote(MODEL, target, ALIAS, seen, settings=self.settings)
+                r = coordinator.promote(MODEL, target, ALIAS, seen, settings=settings)
                 counts["attempts"] += 1
                 counts[r.outcome.value] += 1
                 seen = r.decision.target if r.outcome.succeeded else r.decision.current
             return counts
 
-        def cas_once(self, target: str, expected: str | None, at: float) -> str:
+        def cas_once(self, settings, target: str, expected: str | None, at: float) -> str:
             from rayorch.registry import coordinator
 
             while time.time() < at:
                 time.sleep(0.0002)
-            r = coordinator.promote(MODEL, target, ALIAS, expected, settings=self.settings)
+            r = coordinator.promote(MODEL, target, ALIAS, expected, settings=settings)
             return r.outcome.value
 
-        def naive_once(self, target: str, expected: str | None, at: float) -> dict:
+        def naive_once(self, settings, target: str, expected: str | None, at: float) -> dict:
             """MLflow alone: read the alias, check it, set it. Returns whether we 'won'."""
+            from mlflow.tracking import MlflowClient
+
+            uri = settings.mlflow_uri
+            if uri not in self.mlflow:
+                self.mlflow[uri] = MlflowClient(uri, registry_uri=uri)
+            client = self.mlflow[uri]
             while time.time() < at:
                 time.sleep(0.0002)
             try:
                 try:
-                    cur = str(self.mlflow.get_model_version_by_alias(MODEL, ALIAS).version)
+                    cur = str(client.get_model_version_by_alias(MODEL, ALIAS).version)
                 except Exception:
                     cur = None
                 if cur != expected:
                     return {"won": False, "error": None}
-                self.mlflow.set_registered_model_alias(MODEL, ALIAS, target)
+                client.set_registered_model_alias(MODEL, ALIAS, target)
                 return {"won": True, "error": None}
             except Exception as e:  # e.g. "database is locked" under SQLite
                 return {"won": False, "error": type(e).__name__}
@@ -137,163 +146,296 @@ def audit_check(settings, client_applied: int, since_id: int) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
-    ap.add_argument("--rounds", type=int, default=20, help="race rounds, actor and naive each")
-    ap.add_argument("--versions", type=int, default=10)
-    ap.add_argument("--db-url", default=None, help="ledger URL (default: SQLite under tmp)")
-    ap.add_argument("--registry", default="local,server", help="local, server, or both")
-    ap.add_argument("--pg-url", default=os.environ.get("RAYORCH_TEST_PG_URL"),
-                    help="PostgreSQL for the tracking server's backend store")  # fmt: skip
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = ap.parse_args()
-
-    import ray
-
-    from rayorch.registry.testing import fresh_database, start_mlflow_server, stop_process_group
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)  # fmt: skip
-    all_results: dict = {}
-    try:
-        for registry in args.registry.split(","):
-            root = Path(tempfile.mkdtemp(prefix=f"bench-promotions-{registry}-"))
-            server = None
-            uri = None
-            if registry == "server":
-                if not args.pg_url:
-                    sys.exit("--registry server needs --pg-url (or RAYORCH_TEST_PG_URL)")
-                backend = fresh_database(args.pg_url, "rayorch_mlflow_bench")
-                server, uri = start_mlflow_server(backend, root / "artifacts", root / "server.log")
-            try:
-                all_results[registry] = measure(args, root, uri)
-            finally:
-                if server is not None:
-                    stop_process_group(server)
-    finally:
-        ray.shutdown()
-    if args.json:
-        print(json.dumps(all_results, indent=2))
-        return
-    report(args, all_results)
+TARGET_PER_S = 100.0  # with --clients 8 through `mlflow server` on PostgreSQL (issue 14)
 
 
-def measure(args: argparse.Namespace, root: Path, uri: str | None) -> dict:
-    """The three measurements on one registry (``uri`` None: a local SQLite MLflow)."""
+@dataclass
+class Column:
+    """One registry measured: MLflow on SQLite or PostgreSQL in-process, or a tracking server."""
+
+    name: str
+    settings: Any
+    versions: list[str]
+    server: subprocess.Popen | None = None
+    last_id: int = 0
+    runs: dict[str, list[dict]] = field(default_factory=dict)
+    races: dict[str, dict] = field(default_factory=dict)
+
+
+def _busy() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine so far."""
+    with open("/proc/stat") as f:
+        parts = [float(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + parts[4]
+    return sum(parts) - idle, sum(parts)
+
+
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the processes of one process group (the server's)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def setup_column(kind: str, workers: int, args: argparse.Namespace) -> Column:
+    from rayorch.lineage.tracking import mlflow_client
+    from rayorch.registry.testing import RegistryBuilder, fresh_database, start_mlflow_server
+    from rayorch.settings import Settings
+
+    name = kind if kind != "server" else f"server w={workers}"
+    slug = kind if kind != "server" else f"server_w{workers}"
+    root = Path(tempfile.mkdtemp(prefix=f"bench-promotions-{slug}-"))
+    server, uri = None, None
+    if kind in ("pg", "server") and not args.pg_url:
+        sys.exit(f"--registry {kind} needs --pg-url (or RAYORCH_TEST_PG_URL)")
+    if kind == "pg":  # MLflow's SqlAlchemyStore on PostgreSQL, in the coordinator's process
+        db = fresh_database(args.pg_url, f"{args.db_prefix}_mlflow_pg")
+        uri = db.replace("postgresql://", "postgresql+psycopg://", 1)
+        mlflow_client(uri).create_experiment(
+            "registry-tests", artifact_location=f"file://{root / 'artifacts'}"
+        )
+    elif kind == "server":
+        db = fresh_database(args.pg_url, f"{args.db_prefix}_mlflow_{slug}")
+        server, uri = start_mlflow_server(
+            db, root / "artifacts", root / "server.log", workers=workers
+        )
+    builder = RegistryBuilder(str(root), uri=uri)
+    versions = [builder.logged(MODEL, seed=i).version for i in range(args.versions)]
+    if args.db_url:
+        ledger = args.db_url
+    elif args.pg_url:
+        ledger = fresh_database(args.pg_url, f"{args.db_prefix}_ledger_{slug}")
+    else:
+        ledger = f"sqlite:///{root / 'ledger.db'}"
+    settings = Settings(home=root, db_url=ledger, mlflow_uri=builder.uri, ray_address=None)
+    return Column(name, settings, versions, server)
+
+
+def throughput(col: Column, clients: list, seconds: float) -> dict:
+    """Promotions/s through the actor with ``len(clients)`` clients, and what it cost."""
     import ray
 
     from rayorch.registry import coordinator
-    from rayorch.registry.testing import RegistryBuilder
-    from rayorch.settings import Settings
 
-    builder = RegistryBuilder(str(root), uri=uri)
-    versions = [builder.logged(MODEL, seed=i).version for i in range(args.versions)]
-    settings = Settings(
-        home=root,
-        db_url=args.db_url or f"sqlite:///{root / 'ledger.db'}",
-        mlflow_uri=builder.uri,
-        ray_address=None,
+    actor = coordinator.get_coordinator(col.settings)
+    b0 = ray.get(actor.batches.remote())
+    cpu0, busy0 = (_group_cpu_s(col.server.pid) if col.server else 0.0), _busy()
+    start_at = time.time() + 0.5
+    counts = ray.get(
+        [c.cas_loop.remote(col.settings, col.versions, start_at, seconds) for c in clients]
     )
-    results: dict = {"versions": len(versions), "clients": args.clients,
-                     "ledger": settings.db_url, "mlflow": builder.uri}  # fmt: skip
+    wall = time.time() - start_at
+    busy1, b1 = _busy(), ray.get(actor.batches.remote())
+    server_cpu = (_group_cpu_s(col.server.pid) - cpu0) if col.server else None
+    total = {k: sum(c[k] for c in counts) for k in counts[0]}
+    check = audit_check(col.settings, total["APPLIED"], col.last_id)
+    col.last_id = check.pop("last_id")
+    batches = b1["batches"] - b0["batches"]
+    return {
+        "promotions_per_s": round(total["attempts"] / wall, 1),
+        "applied_per_s": round(total["APPLIED"] / wall, 1),
+        "promotions_per_batch": round((b1["promotions"] - b0["promotions"]) / max(batches, 1), 2),
+        "server_cpu_ms_per_promotion": (
+            None if server_cpu is None else round(1000 * server_cpu / max(total["attempts"], 1), 2)
+        ),
+        "machine_cpu_busy_pct": round(100 * (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 1),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+        **total,
+        **check,
+    }
+
+
+def races(col: Column, clients: list, rounds: int) -> None:
+    """N clients fire the same CAS at once, R rounds: through the actor, then MLflow alone."""
+    import ray
+
+    from rayorch.registry import coordinator
+
+    s = col.settings
+    for mode in ("actor", "naive"):
+        multi, lost, drift, errors, winners_total = 0, 0, 0, 0, 0
+        current = coordinator.current_version(MODEL, ALIAS, settings=s)
+        for _ in range(rounds):
+            targets = random.sample([v for v in col.versions if v != current], len(clients))
+            at = time.time() + 0.2
+            pairs = list(zip(clients, targets, strict=True))
+            if mode == "actor":
+                outs = ray.get([c.cas_once.remote(s, t, current, at) for c, t in pairs])
+                won = [t for t, o in zip(targets, outs, strict=True) if o == "APPLIED"]
+            else:
+                outs = ray.get([c.naive_once.remote(s, t, current, at) for c, t in pairs])
+                won = [t for t, o in zip(targets, outs, strict=True) if o["won"]]
+                errors += sum(1 for o in outs if o["error"])
+            actual = coordinator.current_version(MODEL, ALIAS, settings=s)
+            winners_total += len(won)
+            multi += len(won) > 1
+            lost += max(0, len(won) - 1)
+            drift += any(t != actual for t in won)  # a 'winner' deployed what the alias isn't
+            current = actual
+        row = {
+            "rounds": rounds,
+            "mean_winners_per_round": round(winners_total / rounds, 2),
+            "rounds_with_multiple_winners": multi,
+            "lost_updates": lost,
+            "rounds_alias_not_deployed": drift,
+            "errors": errors,
+        }
+        if mode == "actor":
+            check = audit_check(s, winners_total, col.last_id)
+            col.last_id = check.pop("last_id")
+            row["audit"] = check
+        col.races[mode] = row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per throughput window")
+    ap.add_argument("--repeats", type=int, default=3, help="throughput windows per cell (median)")
+    ap.add_argument("--rounds", type=int, default=10, help="race rounds, actor and naive each")
+    ap.add_argument("--versions", type=int, default=10)
+    ap.add_argument("--registry", default=None,
+                    help="columns: sqlite, pg (MLflow on PostgreSQL in-process), server "
+                         "(default: pg,server with --pg-url, else sqlite)")  # fmt: skip
+    ap.add_argument(
+        "--server-workers",
+        default=str(SERVER_WORKERS),
+        help="uvicorn workers of `mlflow server`; a list (1,2) gives a column each",
+    )
+    ap.add_argument("--db-url", default=None,
+                    help="one ledger URL for every column (default: a fresh PostgreSQL "
+                         "database per column with --pg-url, else SQLite under tmp)")  # fmt: skip
+    ap.add_argument("--pg-url", default=os.environ.get("RAYORCH_TEST_PG_URL"),
+                    help="PostgreSQL server for the MLflow stores and ledgers")  # fmt: skip
+    ap.add_argument(
+        "--db-prefix",
+        default="rayorch_bench_promotions",
+        help="prefix of the databases created (and dropped first) on --pg-url",
+    )
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args()
+    kinds = (args.registry or ("pg,server" if args.pg_url else "sqlite")).split(",")
+
+    import ray
+
+    from rayorch.registry import coordinator
+    from rayorch.registry.testing import stop_process_group
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    cols: list[Column] = []
     clients: list = []
     try:
+        for kind in kinds:
+            for w in [int(x) for x in args.server_workers.split(",")] if kind == "server" else [0]:
+                cols.append(setup_column(kind, w, args))
         Client = _client_class()
-        clients = [Client.remote(settings, i) for i in range(args.clients)]
-        ray.get([c.ready.remote() for c in clients])
-        last_id = 0
-
-        # 1. throughput through the actor: 1 client, then N clients
-        for n in (1, args.clients):
-            start_at = time.time() + 0.5
-            t0 = start_at
-            counts = ray.get(
-                [c.cas_loop.remote(versions, start_at, args.seconds) for c in clients[:n]]
-            )
-            wall = time.time() - t0
-            total = {k: sum(c[k] for c in counts) for k in counts[0]}
-            check = audit_check(settings, total["APPLIED"], last_id)
-            last_id = check.pop("last_id")
-            results[f"actor_{n}_clients"] = {
-                "promotions_per_s": round(total["attempts"] / wall, 1),
-                "applied_per_s": round(total["APPLIED"] / wall, 1),
-                **total,
-                **check,
-            }
-
-        # 2. races through the actor, 3. the naive MLflow read-check-write: same rounds
-        for mode in ("actor", "naive"):
-            multi, lost, drift, errors, winners_total = 0, 0, 0, 0, 0
-            current = coordinator.current_version(MODEL, ALIAS, settings=settings)
-            for _ in range(args.rounds):
-                targets = random.sample([v for v in versions if v != current], args.clients)
-                at = time.time() + 0.2
-                if mode == "actor":
-                    outs = ray.get([c.cas_once.remote(t, current, at)
-                                    for c, t in zip(clients, targets, strict=True)])  # fmt: skip
-                    won = [t for t, o in zip(targets, outs, strict=True) if o == "APPLIED"]
-                else:
-                    outs = ray.get([c.naive_once.remote(t, current, at)
-                                    for c, t in zip(clients, targets, strict=True)])  # fmt: skip
-                    won = [t for t, o in zip(targets, outs, strict=True) if o["won"]]
-                    errors += sum(1 for o in outs if o["error"])
-                actual = coordinator.current_version(MODEL, ALIAS, settings=settings)
-                winners_total += len(won)
-                multi += len(won) > 1
-                lost += max(0, len(won) - 1)
-                drift += any(t != actual for t in won)  # a 'winner' deployed what the alias isn't
-                current = actual
-            row = {
-                "rounds": args.rounds,
-                "mean_winners_per_round": round(winners_total / args.rounds, 2),
-                "rounds_with_multiple_winners": multi,
-                "lost_updates": lost,
-                "rounds_alias_not_deployed": drift,
-                "errors": errors,
-            }
-            if mode == "actor":
-                check = audit_check(settings, winners_total, last_id)
-                last_id = check.pop("last_id")
-                row["audit"] = check
-            results[f"race_{mode}"] = row
+        clients = [Client.remote(i) for i in range(args.clients)]
+        for col in cols:
+            ray.get([c.ready.remote(col.settings) for c in clients])
+        # the columns take turns, window by window, so load on the shared machine hits all
+        for _ in range(args.repeats):
+            for col in cols:
+                for n in (1, args.clients):
+                    run = throughput(col, clients[:n], args.seconds)
+                    col.runs.setdefault(f"actor_{n}_clients", []).append(run)
+        for col in cols:
+            races(col, clients, args.rounds)
     finally:
         for c in clients:
             ray.kill(c)
-        coordinator.shutdown_coordinator(settings)
-    return results
+        for col in cols:
+            coordinator.shutdown_coordinator(col.settings)
+            if col.server is not None:
+                stop_process_group(col.server)
+        ray.shutdown()
+    results = {c.name: summarize(c, args) for c in cols}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    report(args, results)
 
 
-def report(args: argparse.Namespace, all_results: dict) -> None:
+def summarize(col: Column, args: argparse.Namespace) -> dict:
+    out: dict = {"mlflow": col.settings.mlflow_uri, "ledger": col.settings.db_url,
+                 "versions": len(col.versions), "races": col.races}  # fmt: skip
+    for key, runs in col.runs.items():
+        rates = [r["promotions_per_s"] for r in runs]
+        cpu = [r["server_cpu_ms_per_promotion"] for r in runs]
+        out[key] = {
+            "promotions_per_s_median": statistics.median(rates),
+            "promotions_per_s_all": rates,
+            "ratio_to_target": round(statistics.median(rates) / TARGET_PER_S, 2),
+            "promotions_per_batch_median": statistics.median(
+                r["promotions_per_batch"] for r in runs
+            ),
+            "server_cpu_ms_per_promotion_median": (
+                None if cpu[0] is None else statistics.median(cpu)
+            ),
+            "machine_cpu_busy_pct_median": statistics.median(
+                r["machine_cpu_busy_pct"] for r in runs
+            ),
+            "load_avg_1m": [r["load_avg_1m"] for r in runs],
+            "lost_updates": sum(r["lost_updates"] for r in runs),
+            "alias_matches_audit": all(r["alias_matches_audit"] for r in runs),
+            "outcomes": {k: sum(r[k] for r in runs) for k in
+                         ("attempts", "APPLIED", "CONFLICT", "ALREADY_TARGET", "REJECTED")},
+        }  # fmt: skip
+    return out
+
+
+def report(args: argparse.Namespace, results: dict) -> None:
     """One column per registry, side by side."""
-    names = list(all_results)
-    first = all_results[names[0]]
-    print(f"promotions benchmark: {first['versions']} versions, ledger {first['ledger']}")
-    print("  " + " " * 34 + "".join(f"{n:>22s}" for n in names))
+    names = list(results)
+    width = max(22, *(len(n) + 2 for n in names))
+    print(f"promotions benchmark: {args.clients} clients, {args.repeats} x {args.seconds:g} s "
+          f"windows per cell (median, all), target {TARGET_PER_S:g}/s with {args.clients}")  # fmt: skip
+    for n in names:
+        print(f"  {n}: mlflow {results[n]['mlflow']}, ledger {results[n]['ledger']}")
+    print("  " + " " * 38 + "".join(f"{n:>{width}s}" for n in names))
 
     def row(label: str, cell) -> None:
-        print(f"  {label:34s}" + "".join(f"{cell(all_results[n]):>22s}" for n in names))
+        print(f"  {label:38s}" + "".join(f"{cell(results[n]):>{width}s}" for n in names))
 
     for n in (1, args.clients):
         k = f"actor_{n}_clients"
-        row(f"actor, {n} client(s), promotions/s", lambda r, k=k: f"{r[k]['promotions_per_s']:.1f}")
-        row("  applied/s", lambda r, k=k: f"{r[k]['applied_per_s']:.1f}")
+        row(f"actor, {n} client(s), promotions/s",
+            lambda r, k=k: f"{r[k]['promotions_per_s_median']:.1f} "
+                           f"({min(r[k]['promotions_per_s_all']):.0f}-"
+                           f"{max(r[k]['promotions_per_s_all']):.0f})")  # fmt: skip
+        row("  ratio to target", lambda r, k=k: f"{r[k]['ratio_to_target']:.2f}")
+        row("  promotions per batch", lambda r, k=k: f"{r[k]['promotions_per_batch_median']:.2f}")
+        row("  server CPU ms / promotion",
+            lambda r, k=k: "-" if r[k]["server_cpu_ms_per_promotion_median"] is None
+            else f"{r[k]['server_cpu_ms_per_promotion_median']:.1f}")  # fmt: skip
+        row("  machine CPU busy %", lambda r, k=k: f"{r[k]['machine_cpu_busy_pct_median']:.0f}")
+        row(
+            "  applied / conflict",
+            lambda r, k=k: f"{r[k]['outcomes']['APPLIED']} / {r[k]['outcomes']['CONFLICT']}",
+        )
         row("  lost updates", lambda r, k=k: str(r[k]["lost_updates"]))
         row("  alias matches audit", lambda r, k=k: str(r[k]["alias_matches_audit"]))
     for mode in ("actor", "naive"):
-        k = f"race_{mode}"
+        row(f"race via {mode}: winners/round",
+            lambda r, m=mode: f"{r['races'][m]['mean_winners_per_round']:.2f}")  # fmt: skip
         row(
-            f"race via {mode}: winners/round",
-            lambda r, k=k: f"{r[k]['mean_winners_per_round']:.2f}",
+            "  rounds with >1 winner",
+            lambda r, m=mode: str(r["races"][m]["rounds_with_multiple_winners"]),
         )
-        row("  rounds with >1 winner", lambda r, k=k: str(r[k]["rounds_with_multiple_winners"]))
-        row("  lost updates", lambda r, k=k: str(r[k]["lost_updates"]))
         row(
             "  alias != a winner's deployment",
-            lambda r, k=k: str(r[k]["rounds_alias_not_deployed"]),
+            lambda r, m=mode: str(r["races"][m]["rounds_alias_not_deployed"]),
         )
-        row("  errors", lambda r, k=k: str(r[k]["errors"]))
+        row("  errors", lambda r, m=mode: str(r["races"][m]["errors"]))
 
 
 if __name__ == "__main__":

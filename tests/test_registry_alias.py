@@ -260,3 +260,27 @@ def test_verify_matches_store_copies_and_versions_tagged_before_the_marker_rule(
     )
     other = verify_deployed("m", "production", versions[0].artifact_digest, settings=settings)
     assert other.status is VerifyStatus.DRIFT and other.deployed_version == "1"
+
+
+def test_the_rest_alias_path_takes_mlflow_credentials_and_only_http_uris():
+    """Token or user/password and TLS settings as MLflow's client would send them; a local
+    store, or a signer this path lacks (AWS SigV4, an auth plugin), keeps MlflowClient."""
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    from rayorch.registry.mlflow_rest import AliasRest, alias_rest_for
+
+    uri = "http://127.0.0.1:1"
+    token = AliasRest(uri, MlflowHostCreds(uri, token="t0k"), {"User-Agent": "x"}, 5.0)
+    assert token.session.headers["Authorization"] == "Bearer t0k"
+    assert token.session.headers["User-Agent"] == "x"
+    assert token.url == "http://127.0.0.1:1/api/2.0/mlflow/registered-models/alias"
+    basic = AliasRest(
+        uri, MlflowHostCreds(uri, username="u", password="p", server_cert_path="/ca.pem"), {}, 5.0
+    )
+    assert basic.session.auth == ("u", "p") and basic.session.verify == "/ca.pem"
+    assert "Authorization" not in basic.session.headers
+    insecure = AliasRest(uri, MlflowHostCreds(uri, ignore_tls_verification=True), {}, 5.0)
+    assert insecure.session.verify is False and not insecure.session.trust_env
+    assert alias_rest_for("sqlite:////tmp/x.db") is None
+    assert alias_rest_for("postgresql+psycopg://u@h/db") is None
+    assert alias_rest_for(uri) is not None

@@ -5,6 +5,7 @@ SQLite ledger, no Ray."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -169,7 +170,7 @@ def test_threads_promoting_at_once_exactly_one_moves_and_the_chain_holds(built, 
         current = winner
     moved = [r for r in c.audit.history(b.uri, "b2", "prod") if r.moved_alias]
     assert len(moved) == 3
-    assert all(n.from_version == p.to_version for p, n in zip(moved, moved[1:], strict=False))
+    assert all(n.from_version == p.to_version for p, n in itertools.pairwise(moved))
     assert c.batches()["promotions"] == 24 and c.batches()["batches"] <= 24
     c.audit.close()
 

@@ -150,3 +150,29 @@ def test_an_outside_move_on_the_server_is_a_conflict_not_overwritten(server):
         assert str(alias) == versions[1]  # not overwritten
     finally:
         c.audit.close()
+
+
+def test_the_alias_read_and_write_are_one_rest_request_each(server):
+    """Against a server the view reads and sets an alias with one request each (MLflow's
+    public REST endpoint, one kept-alive session); unset aliases and unknown models read as
+    None; a refused write is an infrastructure error naming the server."""
+    from rayorch.errors import InfrastructureError
+    from rayorch.registry.mlflow_view import RegistryView
+
+    settings, b, versions = server
+    view = RegistryView(settings.mlflow_uri)
+    assert view.rest is not None
+    sent: list[str] = []
+    view.rest.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request.method))
+    try:
+        assert view.current(MODEL, "never-set") is None
+        assert view.current("no-such-model", "production") is None
+        view.set_alias(MODEL, "rest-check", versions[1])
+        assert view.current(MODEL, "rest-check") == versions[1]
+        assert sent == ["GET", "GET", "POST", "GET"]
+        assert str(b.client.get_model_version_by_alias(MODEL, "rest-check").version) == versions[1]
+        with pytest.raises(InfrastructureError, match=settings.mlflow_uri):
+            view.set_alias(MODEL, "rest-check", "999")
+        assert view.current(MODEL, "rest-check") == versions[1]
+    finally:
+        view.close()
