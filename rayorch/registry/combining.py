@@ -42,26 +42,35 @@ class Combiner(Generic[K, T, R]):
         its caller raises; an exception out of ``run`` itself is raised to every caller."""
         self._run = run
         self._max_batch = max_batch
-        self._mu = threading.Lock()  # guards the queues and the lock table
+        # One condition guards the queues and the busy keys. A caller waits on it, not on a
+        # per-key lock: callers whose items a batch carried return as soon as it ends, instead
+        # of taking the key's lock one after another only to find they are done (meanwhile a
+        # fast re-submitter would run batches of one: measured, 2 items a batch of 8 callers).
+        self._cond = threading.Condition()
         self._queues: dict[K, list[_Slot[T, R]]] = {}
-        self._locks: dict[K, threading.Lock] = {}
+        self._busy: set[K] = set()
         self.batches = 0  # batches run so far (observability, benchmarks)
         self.items = 0
 
     def submit(self, key: K, item: T) -> R:
         """Run ``item`` in a batch of ``key``; returns its result or raises its exception."""
         slot: _Slot[T, R] = _Slot(item)
-        with self._mu:
+        with self._cond:
             self._queues.setdefault(key, []).append(slot)
-            lock = self._locks.setdefault(key, threading.Lock())
-        while not slot.done:
-            with lock:
-                if slot.done:  # carried by the batch that just ran
+        while True:
+            with self._cond:
+                while not slot.done and key in self._busy:
+                    self._cond.wait()
+                if slot.done:
                     break
-                with self._mu:
-                    queue = self._queues[key]
-                    batch, self._queues[key] = queue[: self._max_batch], queue[self._max_batch :]
+                # not busy and not done: the slot is still queued; this caller runs the batch
+                self._busy.add(key)
+                queue = self._queues[key]
+                batch, self._queues[key] = queue[: self._max_batch], queue[self._max_batch :]
+            try:
                 self._run_batch(key, batch)
+            finally:
+                self._release(key)
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
@@ -69,10 +78,19 @@ class Combiner(Generic[K, T, R]):
     @contextmanager
     def exclusive(self, key: K) -> Iterator[None]:
         """Hold ``key`` as a batch would (no batch of ``key`` runs meanwhile)."""
-        with self._mu:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._cond:
+            while key in self._busy:
+                self._cond.wait()
+            self._busy.add(key)
+        try:
             yield
+        finally:
+            self._release(key)
+
+    def _release(self, key: K) -> None:
+        with self._cond:
+            self._busy.discard(key)
+            self._cond.notify_all()
 
     def _run_batch(self, key: K, batch: list[_Slot[T, R]]) -> None:
         try:
@@ -81,11 +99,12 @@ class Combiner(Generic[K, T, R]):
                 raise RuntimeError(f"batch runner returned {len(outs)} results for {len(batch)}")
         except Exception as e:  # the whole batch failed: every caller sees the error
             outs = [e] * len(batch)
-        self.batches += 1
-        self.items += len(batch)
-        for s, out in zip(batch, outs, strict=True):
-            if isinstance(out, BaseException):
-                s.error = out
-            else:
-                s.value = out
-            s.done = True
+        with self._cond:  # done is read under the condition
+            self.batches += 1
+            self.items += len(batch)
+            for s, out in zip(batch, outs, strict=True):
+                if isinstance(out, BaseException):
+                    s.error = out
+                else:
+                    s.value = out
+                s.done = True
