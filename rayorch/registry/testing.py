@@ -138,10 +138,13 @@ def fresh_database(admin_url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-#: uvicorn worker processes of ``mlflow server``. A promotion is two REST calls whose cost is
-#: the server's CPU (FastAPI around Flask, ~10 SQL statements a call); one worker serializes
-#: them. Measured with ``benchmarks/bench_promotions.py --server-workers``.
-SERVER_WORKERS = 2
+#: uvicorn worker processes of ``mlflow server``: one. With ``--workers`` > 1 uvicorn binds the
+#: listening socket itself (``socket.socket(family=...)``, proto 0), so asyncio never sets
+#: TCP_NODELAY on accepted connections and every response, written as headers then body, waits
+#: out the client's delayed ACK: measured here 60-68 ms a REST call with 2 or 3 workers against
+#: 15 ms with 1 (GET and POST of an alias, same server CPU). One worker is the faster setting on
+#: this 2-core machine; more processes need a front that sets TCP_NODELAY.
+SERVER_WORKERS = 1
 #: MLflow's job runner and its seven huey consumers poll for GenAI jobs rayorch never submits
 #: (several % of a core each, constantly): off.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
