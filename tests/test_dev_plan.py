@@ -18,10 +18,10 @@ from rayorch.dev.plan import (
 )
 
 
-def _plan(workers: int, gpus: int):
+def _plan(workers: int, gpus: int, root: Path = Path("/h/dev")):
     opts = DevOptions(workers=workers, gpus_per_node=gpus, pg_url="postgresql://u@db:5432/x")
     ports = ports_from(opts, list(range(20000, 20000 + ports_needed(opts))))
-    return opts, ports, plan_topology(opts, Path("/h/dev"), ports, Path("/tmp/rdev-x"))
+    return opts, ports, plan_topology(opts, root, ports, Path("/tmp/rdev-x"))
 
 
 def _flag(argv: tuple[str, ...], flag: str) -> str:
@@ -46,7 +46,9 @@ def test_plan_names_every_service_and_distinct_ports(workers, gpus):
     head, *nodes = [s for s in plan.services if s.name.startswith("ray-")]
     assert "--head" in head.argv and _flag(head.argv, "--port") == str(ports.gcs)
     assert _flag(head.argv, "--num-gpus") == "0"
+    assert _flag(head.argv, "--num-cpus") == ("0" if workers else "2")  # work goes to workers
     for n in nodes:
+        assert _flag(n.argv, "--num-cpus") == "2"
         assert _flag(n.argv, "--address") == f"127.0.0.1:{ports.gcs}"
         assert _flag(n.argv, "--num-gpus") == str(gpus)
         assert "--block" in n.argv and "--head" not in n.argv
@@ -60,7 +62,9 @@ def test_env_points_every_setting_at_the_shared_services():
     _, ports, plan = _plan(2, 8)
     env = plan.env
     assert env["RAY_ADDRESS"] == f"127.0.0.1:{ports.gcs}"
-    assert env["RAYORCH_DB_URL"] == "postgresql://u@db:5432/rayorch_dev"
+    ledger_db, mlflow_db = plan.databases
+    assert env["RAYORCH_DB_URL"] == f"postgresql://u@db:5432/{ledger_db}"
+    assert ledger_db.startswith("rayorch_dev_") and mlflow_db == f"{ledger_db}_mlflow"
     assert env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports.mlflow}"
     assert env["RAYORCH_STORAGE_URL"].startswith("s3://rayorch-dev/")
     assert env["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{ports.s3}"
@@ -68,7 +72,28 @@ def test_env_points_every_setting_at_the_shared_services():
     assert _flag(mlflow.argv, "--backend-store-uri").startswith("postgresql+psycopg://u@db:5432/")
     assert _flag(mlflow.argv, "--artifacts-destination").startswith("s3://rayorch-dev/")
     assert mlflow.env["AWS_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL"]  # artifacts reach moto
-    assert set(plan.databases) == {"rayorch_dev", "rayorch_dev_mlflow"}
+    assert _flag(mlflow.argv, "--backend-store-uri").endswith(f"/{mlflow_db}")
+    # Another topology root gets databases of its own (they are dropped with it on `down`).
+    _, _, other = _plan(2, 8, root=Path("/elsewhere/dev"))
+    assert set(other.databases).isdisjoint(plan.databases)
+
+
+def test_every_node_carries_the_exports_and_a_home_of_its_own():
+    """As a KubeRay pod's env would: a job's driver and workers reach the shared services
+    with nothing passed on `ray job submit`; each node's RAYORCH_HOME is its own directory."""
+    _, _, plan = _plan(2, 8)
+    nodes = [s for s in plan.services if s.name.startswith("ray-")]
+    for n in nodes:
+        for k in (
+            "RAYORCH_DB_URL",
+            "MLFLOW_TRACKING_URI",
+            "RAYORCH_STORAGE_URL",
+            "AWS_ENDPOINT_URL",
+        ):
+            assert n.env[k] == plan.env[k], (n.name, k)
+        assert "RAY_ADDRESS" not in n.env  # a node joins by --address
+        assert n.env["RAYORCH_HOME"].startswith(n.cwd)
+    assert len({n.env["RAYORCH_HOME"] for n in nodes}) == len(nodes)
 
 
 def test_env_script_round_trips_through_a_shell():

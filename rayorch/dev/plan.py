@@ -10,14 +10,14 @@ starts and stops what it names, and records each process's pid.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BUCKET = "rayorch-dev"
-LEDGER_DB = "rayorch_dev"
-MLFLOW_DB = "rayorch_dev_mlflow"
+DB_PREFIX = "rayorch_dev"
 #: moto accepts any credentials; these are the conventional placeholders.
 AWS_KEY, AWS_SECRET, AWS_REGION = "testing", "testing", "us-east-1"
 
@@ -26,7 +26,7 @@ AWS_KEY, AWS_SECRET, AWS_REGION = "testing", "testing", "us-east-1"
 class DevOptions:
     workers: int = 2
     gpus_per_node: int = 8
-    cpus_per_node: int = 1
+    cpus_per_node: int = 2  # logical CPUs of each worker node (the head takes no work)
     object_store_mb: int = 256
     pg_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # the server to create DBs on
     python: str = "python"  # the interpreter that runs mlflow / ray / moto
@@ -101,6 +101,10 @@ def plan_topology(opts: DevOptions, root: Path, ports: Ports, tmp_root: Path) ->
     limited to ~107 bytes).
     """
     pg_base = opts.pg_url.rsplit("/", 1)[0]
+    # The S3 server keeps objects in memory, so its data lives exactly as long as the topology;
+    # the databases are this topology's own (named after its root) and go with it on `down`.
+    # A ledger that outlived its data would claim partitions that no longer exist.
+    ledger_db, mlflow_db = database_names(root)
     s3 = f"http://127.0.0.1:{ports.s3}"
     mlflow = f"http://127.0.0.1:{ports.mlflow}"
     gcs = f"127.0.0.1:{ports.gcs}"
@@ -109,7 +113,7 @@ def plan_topology(opts: DevOptions, root: Path, ports: Ports, tmp_root: Path) ->
            "AWS_ENDPOINT_URL": s3, "MLFLOW_S3_ENDPOINT_URL": s3}  # fmt: skip
     env = {
         "RAY_ADDRESS": gcs,
-        "RAYORCH_DB_URL": f"{pg_base}/{LEDGER_DB}",
+        "RAYORCH_DB_URL": f"{pg_base}/{ledger_db}",
         "MLFLOW_TRACKING_URI": mlflow,
         "RAYORCH_STORAGE_URL": f"s3://{BUCKET}/rayorch",
         **aws,
@@ -124,21 +128,29 @@ def plan_topology(opts: DevOptions, root: Path, ports: Ports, tmp_root: Path) ->
         ServiceSpec(
             "mlflow",
             (opts.python, "-m", "mlflow", "server",
-             "--backend-store-uri", f"{pg_base}/{MLFLOW_DB}".replace(
+             "--backend-store-uri", f"{pg_base}/{mlflow_db}".replace(
                  "postgresql://", "postgresql+psycopg://", 1),
              "--artifacts-destination", f"s3://{BUCKET}/mlflow",
              "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"),
             str(root), str(logs / "mlflow.log"), mlflow, ready_http=f"{mlflow}/health", env=aws,
         ),
     ]  # fmt: skip
-    ray_env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **aws}
+    # Every node carries the exports, as a KubeRay pod's env would (from secrets): a job's
+    # driver and workers then reach the ledger, tracking and storage with nothing passed on
+    # `ray job submit`. RAYORCH_HOME is the node's own directory, so anything written to a
+    # node's local disk shows up there (the end-to-end test checks it holds only caches/logs).
+    node_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
     for i in range(opts.workers + 1):
         head = i == 0
         name = "ray-head" if head else f"ray-worker-{i}"
         node_dir = root / "nodes" / name
+        ray_env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **node_env,
+                   "RAYORCH_HOME": str(node_dir / "home")}  # fmt: skip
         argv = [bin_("ray"), "start", "--block", "--disable-usage-stats",
                 "--temp-dir", str(tmp_root / f"n{i}"),
-                "--num-cpus", str(opts.cpus_per_node),
+                # With workers, the head runs job drivers and system actors only, as on
+                # KubeRay (`num-cpus: "0"`): losing a worker moves its work to another.
+                "--num-cpus", "0" if head and opts.workers else str(opts.cpus_per_node),
                 "--num-gpus", "0" if head else str(opts.gpus_per_node),
                 "--object-store-memory", str(opts.object_store_mb * 1024 * 1024)]  # fmt: skip
         for flag, port in zip(Ports.NODE_PORTS, ports.node[i], strict=True):
@@ -162,7 +174,13 @@ def plan_topology(opts: DevOptions, root: Path, ports: Ports, tmp_root: Path) ->
                 env=ray_env,
             )
         )
-    return DevPlan(str(root), tuple(services), (LEDGER_DB, MLFLOW_DB), BUCKET, env)
+    return DevPlan(str(root), tuple(services), (ledger_db, mlflow_db), BUCKET, env)
+
+
+def database_names(root: Path) -> tuple[str, str]:
+    """The ledger/catalog and MLflow database names of the topology rooted at ``root``."""
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return f"{DB_PREFIX}_{tag}", f"{DB_PREFIX}_{tag}_mlflow"
 
 
 def env_script(env: Mapping[str, str]) -> str:

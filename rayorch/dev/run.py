@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class DevState:
     env: dict[str, str]
     services: tuple[RunningService, ...]
     env_file: str
+    pg_url: str = ""  # the server the topology's own databases live on
+    databases: tuple[str, ...] = ()  # dropped on `down`, with the in-memory S3 data
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,14 +101,19 @@ def read_state(home: Path) -> DevState | None:
         return None
     d = json.loads(path.read_text())
     services = tuple(RunningService(**s) for s in d["services"])
-    return DevState(d["env"], services, d["env_file"])
+    return DevState(
+        d["env"], services, d["env_file"], d.get("pg_url", ""), tuple(d.get("databases", ()))
+    )
 
 
-def _write_state(home: Path, env: dict[str, str], services: list[RunningService]) -> DevState:
+def _write_state(
+    home: Path, env: dict[str, str], services: list[RunningService], opts: DevOptions,
+    plan: DevPlan,
+) -> DevState:  # fmt: skip
     d = dev_dir(home)
     env_file = d / "env.sh"
     env_file.write_text(env_script(env))
-    state = DevState(env, tuple(services), str(env_file))
+    state = DevState(env, tuple(services), str(env_file), opts.pg_url, tuple(plan.databases))
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps({**asdict(state), "services": [asdict(s) for s in services]}))
     tmp.replace(d / "state.json")  # atomic: a reader never sees half a state
@@ -124,23 +132,27 @@ def up(home: Path, opts: DevOptions) -> DevState:
     (root / "logs").mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.gettempdir()) / f"rdev-{_short_hash(str(root))}"
     plan = plan_topology(opts, root, ports_from(opts, free_ports(ports_needed(opts))), tmp_root)
-    _create_databases(opts.pg_url, plan)
     started: list[RunningService] = []
+    _write_state(home, dict(plan.env), started, opts, plan)  # `down` drops what we create
     try:
+        _create_databases(opts.pg_url, plan)
         for svc in plan.services:
+            offset = _log_size(svc.log)  # logs are appended to: judge only this start's lines
             started.append(_start(svc))
-            _write_state(home, dict(plan.env), started)
-            _wait_ready(svc, started[-1])
+            _write_state(home, dict(plan.env), started, opts, plan)
+            _wait_ready(svc, started[-1], offset)
             if svc.name == "s3":
                 _create_bucket(svc.url, plan.bucket)
-        return _write_state(home, dict(plan.env), started)
+        _wait_nodes(plan, started)
+        return _write_state(home, dict(plan.env), started, opts, plan)
     except BaseException:
         down(home)
         raise
 
 
 def down(home: Path, timeout_s: float = 10.0) -> list[RunningService]:
-    """Stop exactly the recorded processes (and their process groups), newest first."""
+    """Stop exactly the recorded processes (and their process groups), newest first, then
+    drop the topology's databases: its S3 data was in memory and is gone with the server."""
     state = read_state(home)
     if state is None:
         return []
@@ -156,6 +168,8 @@ def down(home: Path, timeout_s: float = 10.0) -> list[RunningService]:
     for s in state.services:
         while alive(s.pid) and time.monotonic() < deadline + 10:
             time.sleep(0.1)
+    if state.databases:
+        _drop_databases(state.pg_url, state.databases)
     (dev_dir(home) / "state.json").unlink(missing_ok=True)
     return list(state.services)
 
@@ -177,7 +191,60 @@ def _start(svc: ServiceSpec) -> RunningService:
     return RunningService(svc.name, proc.pid, svc.url, svc.log)
 
 
-def _wait_ready(svc: ServiceSpec, run: RunningService) -> None:
+def _log_size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_since(path: str, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _wait_nodes(plan: DevPlan, started: list[RunningService]) -> None:
+    """Every Ray node of the plan is ALIVE in the cluster (a `ray start` that printed
+    "started" can still fail to register with an overloaded GCS)."""
+    nodes = [s for s in plan.services if s.name.startswith("ray-")]
+    head = next((s for s in started if s.name == "ray-head"), None)
+    if head is None:
+        return
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    seen = -1
+    while time.monotonic() < deadline:
+        for run in started:
+            if run.name.startswith("ray-") and not alive(run.pid):
+                raise InfrastructureError(
+                    f"dev node {run.name} exited after starting; see {run.log}:\n{_tail(run.log)}",
+                    service=run.name,
+                    log=run.log,
+                )
+        seen = _alive_nodes(head.url)
+        if seen == len(nodes):
+            return
+        time.sleep(0.5)
+    raise InfrastructureError(
+        f"only {seen} of {len(nodes)} Ray nodes joined the cluster in {READY_TIMEOUT_S:.0f} s; "
+        f"see the logs under {Path(head.log).parent}",
+        service="ray",
+    )
+
+
+def _alive_nodes(dashboard: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=1000", timeout=5) as r:
+            result = json.loads(r.read())["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+    return sum(1 for n in result if n.get("state") == "ALIVE")
+
+
+def _wait_ready(svc: ServiceSpec, run: RunningService, offset: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if not alive(run.pid):
@@ -188,7 +255,7 @@ def _wait_ready(svc: ServiceSpec, run: RunningService) -> None:
             )
         if svc.ready_http is not None and _http_ok(svc.ready_http):
             return
-        if svc.ready_log is not None and svc.ready_log in Path(svc.log).read_text(errors="replace"):
+        if svc.ready_log is not None and svc.ready_log in _log_since(svc.log, offset):
             return
         time.sleep(0.25)
     raise InfrastructureError(
@@ -213,25 +280,41 @@ def _tail(path: str, n: int = 3000) -> str:
         return ""
 
 
-def _create_databases(pg_url: str, plan: DevPlan) -> None:
-    """The ledger/catalog and MLflow databases on the machine's PostgreSQL, if missing."""
-    from sqlalchemy import create_engine, text
+@contextlib.contextmanager
+def _admin(pg_url: str, what: str) -> Iterator[Any]:
+    """An autocommit connection to the server at ``pg_url`` (CREATE/DROP DATABASE)."""
+    from sqlalchemy import create_engine
 
     eng = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-            have = {r[0] for r in c.execute(text("SELECT datname FROM pg_database"))}
-            for db in plan.databases:
-                if db not in have:
-                    c.execute(text(f'CREATE DATABASE "{db}"'))
+            yield c
     except Exception as e:
         raise InfrastructureError(
-            f"cannot create the dev databases on {pg_url}: {e}. Start PostgreSQL "
-            "(127.0.0.1:5432) or pass --pg-url.",
+            f"cannot {what} on {pg_url}: {e}. Start PostgreSQL (127.0.0.1:5432) or pass --pg-url.",
             pg_url=pg_url,
         ) from e
     finally:
         eng.dispose()
+
+
+def _create_databases(pg_url: str, plan: DevPlan) -> None:
+    """The ledger/catalog and MLflow databases on the machine's PostgreSQL, if missing."""
+    from sqlalchemy import text
+
+    with _admin(pg_url, "create the dev databases") as c:
+        have = {r[0] for r in c.execute(text("SELECT datname FROM pg_database"))}
+        for db in plan.databases:
+            if db not in have:
+                c.execute(text(f'CREATE DATABASE "{db}"'))
+
+
+def _drop_databases(pg_url: str, names: tuple[str, ...]) -> None:
+    from sqlalchemy import text
+
+    with _admin(pg_url, f"drop the dev databases {', '.join(names)}") as c:
+        for db in names:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
 
 
 def _create_bucket(endpoint: str, bucket: str) -> None:

@@ -22,13 +22,15 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from rayorch.data.storage import filesystem_for, is_remote
+
 PROGRESS = "progress.json"
 YIELD = "YIELD"
 
 
 def _fs(storage: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in storage:
-        fs, path = pafs.FileSystem.from_uri(storage)
+    if is_remote(storage):
+        fs, path = filesystem_for(storage)
         return fs, path.rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(storage)
 

@@ -136,13 +136,16 @@ def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trai
     train_ds, val_ds = ds.train_test_split(
         test_size=tspec.validation_fraction, shuffle=True, seed=tspec.seed
     )
-    storage = settings.resolve(tspec.checkpoint.storage_path)
-    if "://" not in storage:
-        os.makedirs(storage, exist_ok=True)
+    ckpt_root = settings.resolve(tspec.checkpoint.storage_path)
+    if not storage.is_remote(ckpt_root):
+        os.makedirs(ckpt_root, exist_ok=True)
     run_name = train_run_name(unit.run_key, req.generation)
     if req.reproduces:  # never resume from the original's checkpoints
         run_name += f"-repro-{run_id[:8]}"
-    files_ = RunFiles(storage, run_name)
+    files_ = RunFiles(ckpt_root, run_name)
+    # The settings' filesystem (credentials, S3-compatible endpoint), not pyarrow's guess from
+    # the URI and this process's environment: workers on other nodes write the same store.
+    storage_fs, storage_path = storage.filesystem_for(ckpt_root, settings)
     asked = files_.yield_requested_by()
     if asked is not None and asked < req.token:
         files_.clear_yield()  # a flag for an earlier attempt of this unit
@@ -153,7 +156,7 @@ def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trai
     loop_config: dict[str, Any] = {
         "run_key": unit.run_key,
         "entrypoint": tspec.entrypoint,
-        "storage": storage,
+        "storage": ckpt_root,
         "run_name": run_name,
         "token": req.token,
         "mlflow_uri": settings.mlflow_uri,
@@ -191,7 +194,8 @@ def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trai
             torch_config=TorchConfig(backend=tspec.torch_backend) if tspec.torch_backend else None,
             run_config=ray.train.RunConfig(
                 name=run_name,
-                storage_path=storage,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
                 failure_config=ray.train.FailureConfig(max_failures=tspec.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(
                     num_to_keep=tspec.checkpoint.num_to_keep
@@ -218,7 +222,7 @@ def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trai
     training["excluded_nodes"] = excluded
     if status == "yielded":
         tracker.finish(run_id, "KILLED")
-        return Yielded(run_id, result.checkpoint.path if result.checkpoint else None, training)
+        return Yielded(run_id, _checkpoint_uri(result.checkpoint), training)
     if result.checkpoint is None:
         tracker.finish(run_id, "FAILED")
         raise RuntimeError(f"{unit.run_key}: training produced no checkpoint")
@@ -226,7 +230,7 @@ def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trai
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return Trained(
         run_id,
-        result.checkpoint.path,
+        _checkpoint_uri(result.checkpoint),
         digest,
         metrics,
         tuple(p.partition for p in window.partitions),
@@ -263,7 +267,8 @@ def publish_trained(req: TrainRequest, result: Trained) -> dict[str, Any]:
     tracker = Tracker(settings.mlflow_uri, artifact_root=settings.artifact_root)
     extra: dict[str, Any] = {"model_version": None, "artifact_digest": None}
     if spec.registry is not None and spec.train is not None:
-        ckpt = ray.train.Checkpoint(result.checkpoint)
+        ckpt_fs, ckpt_path = storage.filesystem_for(result.checkpoint, settings)
+        ckpt = ray.train.Checkpoint(ckpt_path, filesystem=ckpt_fs)
         with ckpt.as_directory() as d:
             model = torch.load(os.path.join(d, MODEL_FILE), weights_only=False)
         example = (
@@ -293,3 +298,11 @@ def _input_example(path: str, columns: list[str], settings: Settings) -> Any:
     with storage.using(settings):
         table = read_parquet(path, columns=columns).slice(0, 2)
     return np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float32)
+
+
+def _checkpoint_uri(checkpoint: Any) -> str | None:
+    """A Ray Train checkpoint as a location another process can open (``s3://…`` on S3:
+    ``Checkpoint.path`` alone is relative to its filesystem)."""
+    if checkpoint is None:
+        return None
+    return storage.to_uri(checkpoint.filesystem, checkpoint.path)
