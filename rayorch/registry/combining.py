@@ -15,6 +15,7 @@ effects. Pure threading; nothing here knows about promotions.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
@@ -36,12 +37,22 @@ class _Slot(Generic[T, R]):
 
 class Combiner(Generic[K, T, R]):
     def __init__(
-        self, run: Callable[[K, Sequence[T]], Sequence[R | BaseException]], max_batch: int = 64
+        self,
+        run: Callable[[K, Sequence[T]], Sequence[R | BaseException]],
+        max_batch: int = 64,
+        linger_s: float = 0.0,
     ) -> None:
         """``run(key, items)`` returns, for each item in order, its result or the exception
-        its caller raises; an exception out of ``run`` itself is raised to every caller."""
+        its caller raises; an exception out of ``run`` itself is raised to every caller.
+
+        ``linger_s``: group commit. When a batch ends, its callers are likely to come back (a
+        client loop) while those that queued meanwhile are already waiting; the next batch
+        waits up to ``linger_s`` for as many items as both together, so alternating halves
+        merge into one batch. A lone caller (a batch of one, nobody queued) never waits."""
         self._run = run
         self._max_batch = max_batch
+        self._linger_s = linger_s
+        self._expect: dict[K, int] = {}  # items the next batch of a key may wait for
         # One condition guards the queues and the busy keys. A caller waits on it, not on a
         # per-key lock: callers whose items a batch carried return as soon as it ends, instead
         # of taking the key's lock one after another only to find they are done (meanwhile a
@@ -57,6 +68,7 @@ class Combiner(Generic[K, T, R]):
         slot: _Slot[T, R] = _Slot(item)
         with self._cond:
             self._queues.setdefault(key, []).append(slot)
+            self._cond.notify_all()  # a lingering batch may be waiting for this item
         while True:
             with self._cond:
                 while not slot.done and key in self._busy:
@@ -65,12 +77,20 @@ class Combiner(Generic[K, T, R]):
                     break
                 # not busy and not done: the slot is still queued; this caller runs the batch
                 self._busy.add(key)
+                expect = min(self._expect.pop(key, 0), self._max_batch)
+                if expect > len(self._queues[key]) and self._linger_s > 0:
+                    deadline = time.monotonic() + self._linger_s
+                    while len(self._queues[key]) < expect:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
                 queue = self._queues[key]
                 batch, self._queues[key] = queue[: self._max_batch], queue[self._max_batch :]
             try:
                 self._run_batch(key, batch)
             finally:
-                self._release(key)
+                self._release(key, len(batch))
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
@@ -87,9 +107,12 @@ class Combiner(Generic[K, T, R]):
         finally:
             self._release(key)
 
-    def _release(self, key: K) -> None:
+    def _release(self, key: K, ran: int = 0) -> None:
         with self._cond:
             self._busy.discard(key)
+            waiting = len(self._queues.get(key, ()))
+            if ran + waiting > 1:  # contention: the next batch may wait for the returners
+                self._expect[key] = ran + waiting
             self._cond.notify_all()
 
     def _run_batch(self, key: K, batch: list[_Slot[T, R]]) -> None:

@@ -56,6 +56,9 @@ CRASH_MODES = ("exit", "hang")  # die at once (restarted by Ray), or block until
 
 Job = tuple[PromotionRequest, GatesSpec]
 NOT_RUN = InfrastructureError("the promotion was not carried out")  # replaced for every job
+#: under contention a batch waits this long for the callers of the batch before it to come back
+#: (group commit, ``combining``): a batch through a tracking server takes ~30-60 ms here
+BATCH_LINGER_S = 0.01
 #: calls the actor takes at once: concurrent promotions of a model are batched (``combining``)
 ACTOR_CONCURRENCY = 32
 
@@ -94,7 +97,9 @@ class Coordinator:
         self.db_url = db_url
         self.view = RegistryView(tracking_uri)
         self.audit = AuditLog(db_url)
-        self._combiner: Combiner[str, Job, PromotionResult] = Combiner(self._promote_batch)
+        self._combiner: Combiner[str, Job, PromotionResult] = Combiner(
+            self._promote_batch, linger_s=BATCH_LINGER_S
+        )
         self._crash_at: str | None = None  # test hook; deliberately lost on restart
         self._crash_mode = "exit"
         self.settled_on_start = [r.to_dict() for r in self.reconcile()]
