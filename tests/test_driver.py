@@ -295,16 +295,21 @@ def test_crash_at_each_point_then_resume_commits_each_unit_once(world, point):
     plan = make_plan(["SF", "NYC", "LA"], days=2)
     first = procs.start(100)
     ex = ScriptedExecutor(clock)
+    # after_publish: a publish every turn, so that there is a second one to crash after
+    batch = 2 if point == "after_publish" else 256
     with pytest.raises(Crash):
-        driver(plan, ledger, ex, clock, first, crash=crash_at(point, 2), max_concurrency=2).run()
+        driver(plan, ledger, ex, clock, first, crash=crash_at(point, 2), max_concurrency=2,
+               publish_batch=batch).run()  # fmt: skip
     procs.kill(first)
+    unpublished = {k for k in commits(ledger) if k not in ex.published}
     s = driver(plan, ledger, ex, clock, procs.start(101)).run()
     assert s.ok
     assert commits(ledger) == sorted(u.run_key for u in plan.units)  # once each
     rows = ledger.get_units(u.run_key for u in plan.units)
     assert all(ex.published[k] == r.committed_token for k, r in rows.items())  # all published
-    if point == "after_commit":  # the interrupted batch's publish was rolled forward
-        assert 1 <= len(s.reconciled) <= 2  # one commit batch (max_concurrency=2)
+    # every unit committed but not yet published (two turns, grouped) was rolled forward
+    assert set(s.reconciled) == unpublished
+    assert len(unpublished) == {"after_claim": 0, "after_stage": 2, "after_commit": 4}.get(point, 0)
 
 
 def test_resume_never_wedges_on_missing_output(world):

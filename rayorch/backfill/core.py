@@ -1,8 +1,14 @@
 """The step function of the backfill state machine (types in :mod:`rayorch.backfill.machine`).
 
 ``BackfillCore.step(now, events) -> actions`` is deterministic: the same events at the same
-times give the same actions. Its only state is the units' :class:`UnitRun` records, changed
-only by ``_set``, which checks every move against ``TRANSITIONS``.
+times give the same actions. Its state is the units' :class:`UnitRun` records, changed only by
+``_set``, which checks every move against ``TRANSITIONS``, and the committed units waiting to
+be published.
+
+Ledger commit, then table commit: a unit is DONE once its fenced ledger commit is accepted
+(that is what ``status`` and the summary report); it is published later, grouped with others
+(:mod:`rayorch.backfill.publishing` decides when), and always before a unit that depends on it
+becomes READY and before the driver ends. A driver that lost its ownership publishes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from rayorch.backfill.machine import (
     Notify,
     OnConflict,
     Phase,
+    Publish,
+    Published,
     Release,
     ReleaseAll,
     Stop,
@@ -40,6 +48,8 @@ from rayorch.backfill.machine import (
     YieldAsked,
 )
 from rayorch.backfill.plan import Step, Unit
+from rayorch.backfill.publishing import Waiting as PublishWaiting
+from rayorch.backfill.publishing import decide_flush
 from rayorch.errors import IllegalTransitionError
 from rayorch.ledger.rows import ClaimOutcome
 from rayorch.ledger.states import BackfillState
@@ -65,6 +75,17 @@ class BackfillCore:
         self._released = False
         self._out: list[Action] = []
         self._commits: list[tuple[Unit, int, object]] = []
+        # Ledger-committed by this driver, not yet in the table (in commit order), and when
+        # the oldest of them was committed.
+        self.unpublished: dict[str, tuple[Unit, int, object]] = {}
+        self._oldest: float | None = None
+        # ALREADY_DONE during this run with dependents: maybe committed by another driver
+        # that has not published yet; verified (rolled forward) before a dependent starts.
+        self.verify: dict[str, Unit] = {}
+        # In a Publish not answered yet: its item (None: a verify).
+        self.publishing: dict[str, tuple[Unit, int, object] | None] = {}
+        self.lost_outputs: set[str] = set()  # verified and found gone: dependents block
+        self._held: dict[str, None] = {}  # dependents whose inputs are committed, not live
 
     # -- the one place that moves a unit --------------------------------------------------------
     def _set(self, key: str, phase: Phase, **changes: object) -> UnitRun:
@@ -90,13 +111,21 @@ class BackfillCore:
     # -- queries ----------------------------------------------------------------------------
     @property
     def finished(self) -> bool:
-        return all(r.phase.is_terminal for r in self.runs.values())
+        """Every unit terminal and nothing this driver committed left unpublished."""
+        return (
+            all(r.phase.is_terminal for r in self.runs.values())
+            and not self.unpublished
+            and not self.publishing
+        )
 
     def busy(self) -> int:
         return sum(1 for r in self.runs.values() if r.phase.holds_capacity)
 
     def next_due(self) -> float | None:
         dues = [r.due for r in self.runs.values() if r.due is not None and not r.phase.is_terminal]
+        publish = self.cfg.publish.due(self._oldest) if self.unpublished else None
+        if publish is not None:
+            dues.append(publish)
         return min(dues) if dues else None
 
     def in_phase(self, *phases: Phase) -> list[UnitRun]:
@@ -126,6 +155,7 @@ class BackfillCore:
             self._claim_ready()
         else:
             self._stopping(now)
+        self._maybe_publish(now)
         if self._commits:
             self._emit(Commit(tuple(self._commits)))  # type: ignore[arg-type]
         return self._out
@@ -137,6 +167,9 @@ class BackfillCore:
         if isinstance(ev, YieldAsked):
             for key in ev.run_keys:
                 self._ask_yield(key, ev.why, now, requeue=True)
+            return
+        if isinstance(ev, Published):
+            self._on_published(ev)
             return
         run = self.runs[ev.run_key]
         if isinstance(ev, Claimed):
@@ -158,6 +191,12 @@ class BackfillCore:
             self._on_error(run, ev, now)
         elif isinstance(ev, Committed):
             if ev.refused is None:
+                # Waits for its table commit; dependents see it unpublished (``_set`` settles
+                # them), so it is recorded before the move.
+                assert run.result is not None
+                self.unpublished[run.run_key] = (run.unit, ev.token, run.result)
+                if self._oldest is None:
+                    self._oldest = now
                 self._set(run.run_key, Phase.DONE, reason="")
                 self._emit(Notify("done", run.unit))
             else:
@@ -193,6 +232,8 @@ class BackfillCore:
                 Notify("claimed", unit, f"token {ev.token}"),
             )
         elif ev.outcome is ClaimOutcome.ALREADY_DONE:
+            if self.dependents.get(key):
+                self.verify[key] = unit
             self._set(key, Phase.ALREADY_DONE)
             self._emit(Notify("skipped", unit, "already done"))
         elif ev.outcome is ClaimOutcome.FAILED_BEFORE:
@@ -308,17 +349,82 @@ class BackfillCore:
 
     def _settle_dependents(self, key: str) -> None:
         for dep_key in self.dependents.get(key, ()):
-            run = self.runs[dep_key]
-            if run.phase is not Phase.WAITING_DEPS:
-                continue
-            phases = [self.runs[d].phase for d in run.unit.depends_on if d in self.runs]
-            if all(p in _OK for p in phases):
-                self._set(dep_key, Phase.READY)
-            elif all(p.is_terminal for p in phases):
-                bad = [d for d in run.unit.depends_on if self.runs[d].phase not in _OK]
-                why = f"upstream not done: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
-                self._set(dep_key, Phase.BLOCKED, reason=why)
-                self._emit(Notify("blocked", run.unit, why))
+            self._settle(dep_key)
+
+    def _settle(self, dep_key: str) -> None:
+        run = self.runs[dep_key]
+        if run.phase is not Phase.WAITING_DEPS:
+            self._held.pop(dep_key, None)
+            return
+        deps = [d for d in run.unit.depends_on if d in self.runs]
+        ok = [self.runs[d].phase in _OK and d not in self.lost_outputs for d in deps]
+        if all(ok):
+            if any(self._awaits_publish(d) for d in deps):
+                self._held[dep_key] = None  # READY once its inputs are in the table
+                return
+            self._held.pop(dep_key, None)
+            self._set(dep_key, Phase.READY)
+        elif all(self.runs[d].phase.is_terminal for d in deps):
+            self._held.pop(dep_key, None)
+            bad = [d for d, good in zip(deps, ok, strict=True) if not good]
+            why = f"upstream not done: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+            self._set(dep_key, Phase.BLOCKED, reason=why)
+            self._emit(Notify("blocked", run.unit, why))
+
+    # -- publishing (ledger commit first, then the table; see rayorch.backfill.publishing) --
+    def _awaits_publish(self, key: str) -> bool:
+        return key in self.unpublished or key in self.publishing or key in self.verify
+
+    def _dependent_ready(self) -> bool:
+        """A unit waits only for its inputs' table commit (every input committed)."""
+        return any(self.runs[k].phase is Phase.WAITING_DEPS for k in self._held)
+
+    def waiting_publish(self) -> list[tuple[Unit, int, object]]:
+        """This driver's commits not in the table yet (what a failing driver publishes)."""
+        busy = [it for it in self.publishing.values() if it is not None]
+        return [*busy, *self.unpublished.values()]
+
+    def _maybe_publish(self, now: float) -> None:
+        if self.stop is not None and self.stop.reason in (
+            StopReason.LEASE_LOST,
+            StopReason.OWNERSHIP_LOST,
+        ):
+            # No longer the owner: publish nothing; the new owner rolls these forward.
+            self.unpublished.clear()
+            self.verify.clear()
+            self._oldest = None
+            return
+        if self.publishing or (not self.unpublished and not self.verify):
+            return
+        dependent = self._dependent_ready()
+        waiting = PublishWaiting(
+            count=len(self.unpublished),
+            oldest=self._oldest,
+            unbatched=any(u.step is not Step.FEATURES for u, _, _ in self.unpublished.values()),
+            dependent_ready=dependent,
+            ending=self.stop is not None or all(r.phase.is_terminal for r in self.runs.values()),
+        )
+        reason = decide_flush(waiting, now, self.cfg.publish)
+        if reason is None:
+            return
+        items = tuple(self.unpublished.values())
+        verify = tuple(self.verify.values()) if dependent else ()
+        if not items and not verify:
+            return
+        self.publishing = {u.run_key: (u, t, r) for u, t, r in items}
+        self.publishing.update({u.run_key: None for u in verify})
+        self.unpublished.clear()
+        self._oldest = None
+        for u in verify:
+            del self.verify[u.run_key]
+        self._emit(Publish(items, verify, reason))  # type: ignore[arg-type]
+
+    def _on_published(self, ev: Published) -> None:
+        self.lost_outputs.update(ev.missing)
+        for key in ev.run_keys:
+            self.publishing.pop(key, None)
+        for dep_key in list(self._held):  # in the order they became held: deterministic
+            self._settle(dep_key)
 
     # -- yields and stops -----------------------------------------------------------------------
     def _ask_yield(self, key: str, why: str, now: float, *, requeue: bool) -> None:

@@ -2,9 +2,20 @@
 
 Order per unit, chosen so that a SIGKILL anywhere leaves nothing duplicated or lost:
 persist plan -> own the backfill (epoch) -> claim (token) -> work stages output -> fenced
-ledger commit -> publish (feature partition made live; model version registered).
+ledger commit -> publish (feature partition made live; model version registered) -> record
+what publishing produced (snapshot id, model version).
 Everything the driver knows is in the ledger; a new driver resumes from there, and a dead
 driver on this host is found dead at once (process identity), elsewhere after its lease.
+
+Ledger commits happen every loop turn (one fenced transaction per turn: the ledger decides
+who may write). Table commits are grouped: committed units wait and are published together
+(one Iceberg commit, one ledger transaction recording their snapshot) when
+:func:`rayorch.backfill.publishing.decide_flush` says so - ``publish_batch`` units waiting,
+``publish_linger_s`` since the oldest, before a unit that reads them starts, before the
+driver ends (success, failure, cancel, SIGTERM). A driver that lost its lease or its
+ownership publishes nothing. A crash while units wait leaves the ledger ahead of the table:
+the next driver's ``_reconcile`` rolls every such unit forward from the ledger (one table
+commit), the token check keeping a newer live partition.
 
 The shell holds no decisions: each loop it gathers events (work results, claims, scheduler
 answers, heartbeat and cancel state), calls ``core.step(now, events)`` and performs the
@@ -41,6 +52,8 @@ from rayorch.backfill.machine import (
     Holder,
     Notify,
     OnConflict,
+    Publish,
+    Published,
     Release,
     ReleaseAll,
     Stop,
@@ -50,6 +63,12 @@ from rayorch.backfill.machine import (
     YieldAsked,
 )
 from rayorch.backfill.plan import BackfillPlan, Unit
+from rayorch.backfill.publishing import (
+    DEFAULT_PUBLISH_BATCH,
+    DEFAULT_PUBLISH_LINGER_S,
+    Flush,
+    PublishPolicy,
+)
 from rayorch.backfill.summary import BackfillSummary, summarize
 from rayorch.errors import OwnershipLostError
 from rayorch.faults import crash_point
@@ -82,10 +101,12 @@ class DriverOptions:
     yield_timeout_s: float = 120.0  # bound for running units to checkpoint and stop
     max_wait_s: float = 1.0  # longest the loop blocks on work (heartbeats, flags, timers)
     cancel_poll_s: float = 2.0  # how often a cancel request is looked for between heartbeats
+    publish_batch: int = DEFAULT_PUBLISH_BATCH  # committed units per table commit, at most
+    publish_linger_s: float = DEFAULT_PUBLISH_LINGER_S  # longest a committed unit waits
 
 
 #: Progress callback: (event, unit or None, detail). Events: start, claimed, done, skipped,
-#: retry, waiting, failed, blocked, yielding, yielded, cancelled, end.
+#: retry, waiting, failed, blocked, yielding, yielded, cancelled, published, end.
 ProgressFn = Callable[[str, Unit | None, dict[str, Any]], None]
 
 
@@ -131,6 +152,8 @@ class BackfillDriver:
         self._generation: dict[str, int] = {}
         self._outputs: dict[str, dict[str, Any]] = {}
         self._progress_rows: dict[str, dict[str, Any]] = {}
+        self._done_at_start: set[str] = set()  # DONE when this run began, reconciled then
+        self._invalidated: list[str] = []
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> BackfillSummary:
@@ -164,6 +187,10 @@ class BackfillDriver:
         rows = ledger.get_units(u.run_key for u in plan.units)
         self._generation = {k: (r.committed_token or 0) for k, r in rows.items()}
         reconciled, invalidated = self._reconcile(own, rows)
+        self._done_at_start = {
+            k for k, r in rows.items() if r.state.value == "DONE" and k not in invalidated
+        }
+        self._invalidated = invalidated
         core = BackfillCore(
             plan.units,
             CoreConfig(
@@ -176,6 +203,7 @@ class BackfillDriver:
                 conflict_poll_s=opt.conflict_poll_s,
                 yield_timeout_s=opt.yield_timeout_s,
                 gated=self.gate is not None,
+                publish=PublishPolicy(opt.publish_batch, opt.publish_linger_s),
             ),
         )
         lease = DriverLease(ledger, own, opened.backfill.lease_s, self.clock(), opt.cancel_poll_s)
@@ -203,7 +231,8 @@ class BackfillDriver:
         except (Exception, KeyboardInterrupt):  # anything else (a kill) leaves it to the lease
             self._abandon()
             try:
-                ledger.release_all(own, "driver stopped by an error")
+                ledger.release_all(own, "driver stopped by an error")  # fenced: still the owner
+                self._publish_waiting(own, core)
                 ledger.finish_backfill(own, BackfillState.FAILED, {"error": "driver error"})
             except Exception as e:  # the ledger is what failed, or another owner took over
                 log.warning("could not record the driver's failure: %s", ErrorInfo.of(e).describe())
@@ -229,7 +258,7 @@ class BackfillDriver:
             core,
             self._outputs,
             reconciled=reconciled,
-            invalidated=invalidated,
+            invalidated=self._invalidated,
             wall_s=self.clock() - started,
             now=self.clock(),
         )
@@ -293,6 +322,8 @@ class BackfillDriver:
                 self._submit(own, a)
             elif isinstance(a, Commit):
                 events += self._commit(own, a)
+            elif isinstance(a, Publish):
+                events += self._publish(own, a)
             elif isinstance(a, Release):
                 self.ledger.release(own, a.unit.run_key, a.token, a.why)
             elif isinstance(a, Fail):
@@ -392,20 +423,81 @@ class BackfillDriver:
                 events.append(Committed(unit.run_key, token, err.message))
             else:
                 accepted.append((unit, token, result, output))
-        if not accepted:
-            return events
-        # Crash point: the ledger has the commits; the publish is rolled forward on resume.
-        self.crash("after_commit")
-        # Ledger commit, THEN table commit: one publish for the whole batch (one Iceberg
-        # commit for every feature partition), which skips any token older than the live one.
-        extras = self.executor.publish_many([(u, t, r) for u, t, r, _ in accepted])
-        for (unit, token, _, output), extra in zip(accepted, extras, strict=True):
-            if extra:
-                self.ledger.amend_output(own, unit.run_key, token, extra)
-            self._outputs[unit.run_key] = {**output, **(extra or {})}
+        for unit, token, _, output in accepted:
+            self._outputs[unit.run_key] = output
             events.append(Committed(unit.run_key, token))
-        self.crash("after_publish")
+        if accepted:
+            # Crash point: the ledger has the commits, the table not yet (nor, with grouped
+            # publishing, the commits of earlier turns still waiting): resume rolls them forward.
+            self.crash("after_commit")
         return events
+
+    def _publish(self, own: Ownership, a: Publish) -> list[Event]:
+        """Ledger commit, THEN table commit: the units of ``a`` are committed (fenced) in the
+        ledger; one publish for all of them (one Iceberg commit for every feature partition,
+        skipping any token older than the live one), then ONE ledger transaction records
+        what it produced per unit (snapshot id, model version)."""
+        items = list(a.items)
+        amends: list[tuple[str, int, dict[str, Any]]] = []
+        extras = self.executor.publish_many(items) if items else []
+        for (unit, token, _), extra in zip(items, extras, strict=True):
+            if extra:
+                amends.append((unit.run_key, token, extra))
+                self._outputs[unit.run_key] = {**self._outputs.get(unit.run_key, {}), **extra}
+        missing = self._verify(own, a.verify, amends)
+        if amends:
+            self.ledger.amend_outputs(own, amends)
+        self.crash("after_publish")
+        keys = (*(u.run_key for u, _, _ in items), *(u.run_key for u in a.verify))
+        self.progress(
+            "published",
+            None,
+            {"units": len(items), "verified": len(a.verify), "why": a.reason.name},
+        )
+        return [Published(keys, tuple(missing))]
+
+    def _verify(
+        self, own: Ownership, units: tuple[Unit, ...], amends: list[tuple[str, int, dict[str, Any]]]
+    ) -> list[str]:
+        """Units found ALREADY_DONE during this run that a ready dependent reads: another
+        driver committed them and may not have published yet (it groups its publishes too).
+        The ledger has their committed output: roll it forward if the table lacks it (token
+        checked, idempotent), so the dependent's snapshot has them. Returns those gone."""
+        todo = [u for u in units if u.run_key not in self._done_at_start]
+        if not todo:
+            return []
+        rows = self.ledger.get_units(u.run_key for u in todo)
+        done = [
+            (u, rows[u.run_key].committed_token or 0, rows[u.run_key].output)
+            for u in todo
+            if u.run_key in rows and rows[u.run_key].committed_token
+        ]
+        missing = []
+        for (u, token, _), got in zip(done, self.executor.reconcile_many(done), strict=True):
+            if got.outcome is Reconciled.Outcome.ROLLED_FORWARD and got.extra:
+                amends.append((u.run_key, token, got.extra))
+            elif got.outcome is Reconciled.Outcome.MISSING:
+                self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
+                self._invalidated.append(u.run_key)
+                self.progress("invalidated", u, {"detail": got.why})
+                missing.append(u.run_key)
+        return missing
+
+    def _publish_waiting(self, own: Ownership, core: BackfillCore) -> None:
+        """A failing driver that still owns its backfill publishes what it committed (best
+        effort: what it cannot publish, resume rolls forward)."""
+        items = core.waiting_publish()
+        if not items:
+            return
+        try:
+            self._publish(own, Publish(tuple(items), (), Flush.ENDING))  # type: ignore[arg-type]
+        except Exception as e:
+            log.warning(
+                "could not publish %d committed unit(s) on the way out (resume rolls them "
+                "forward): %s",
+                len(items),
+                ErrorInfo.of(e).describe(),
+            )
 
     def _reconcile(self, own: Ownership, rows: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Roll forward publishes a crash interrupted; re-run committed units whose output is
@@ -416,15 +508,18 @@ class BackfillDriver:
             row = rows.get(u.run_key)
             if row is not None and row.state.value == "DONE":
                 done.append((u, row.committed_token or 0, row.output))
+        amends = []
         for (u, token, _), got in zip(done, self.executor.reconcile_many(done), strict=True):
             if got.outcome is Reconciled.Outcome.ROLLED_FORWARD:
                 reconciled.append(u.run_key)
                 if got.extra:
-                    self.ledger.amend_output(own, u.run_key, token, got.extra)
+                    amends.append((u.run_key, token, got.extra))
             elif got.outcome is Reconciled.Outcome.MISSING:
                 self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
                 invalidated.append(u.run_key)
                 self.progress("invalidated", u, {"detail": got.why})
+        if amends:
+            self.ledger.amend_outputs(own, amends)  # one transaction for every roll-forward
         return reconciled, invalidated
 
     # -- the scheduler (see rayorch/backfill/scheduled.py) -----------------------------------

@@ -12,9 +12,10 @@ tested in-process in milliseconds with an injected clock. The shell
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rayorch.backfill.plan import Unit
+from rayorch.backfill.publishing import Flush, PublishPolicy
 from rayorch.ledger.rows import ClaimOutcome
 from rayorch.results import Committable, ErrorInfo, WorkResult
 
@@ -171,6 +172,15 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True)
+class Published:
+    """A :class:`Publish` was carried out: these units are live (or were verified live).
+    ``missing``: verified units whose committed output is gone (their dependents block)."""
+
+    run_keys: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class YieldAsked:
     """The scheduler wants these running units' capacity back (they re-queue)."""
 
@@ -184,7 +194,17 @@ class Stop:
     detail: str = ""
 
 
-Event = Claimed | Admitted | AdmissionRejected | Finished | Errored | Committed | YieldAsked | Stop
+Event = (
+    Claimed
+    | Admitted
+    | AdmissionRejected
+    | Finished
+    | Errored
+    | Committed
+    | Published
+    | YieldAsked
+    | Stop
+)
 
 
 # -- what the core tells the shell -----------------------------------------------------------------
@@ -203,7 +223,22 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
+    """Fenced ledger commit of finished units (one transaction), answered by
+    :class:`Committed`; publishing them is a later :class:`Publish`."""
+
     items: tuple[tuple[Unit, int, Committable], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Make ledger-committed units live: ``items`` (this driver's commits) in one table
+    commit; ``verify``: units found ALREADY_DONE during this run (another driver committed
+    them and may not have published yet) that a ready dependent reads - rolled forward from
+    the ledger if the table lacks them. Answered by :class:`Published`."""
+
+    items: tuple[tuple[Unit, int, Committable], ...]
+    verify: tuple[Unit, ...]
+    reason: Flush
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +290,17 @@ class ReleaseAll:
 
 
 Action = (
-    Claim | Submit | Commit | Release | Fail | CancelWork | AskYield | Waiting | Notify | ReleaseAll
+    Claim
+    | Submit
+    | Commit
+    | Publish
+    | Release
+    | Fail
+    | CancelWork
+    | AskYield
+    | Waiting
+    | Notify
+    | ReleaseAll
 )
 
 
@@ -270,6 +315,8 @@ class CoreConfig:
     conflict_poll_s: float = 2.0
     yield_timeout_s: float = 120.0
     gated: bool = False  # every claimed unit is admitted by the scheduler first
+    # when committed units are published together
+    publish: PublishPolicy = field(default_factory=PublishPolicy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,23 +266,58 @@ class ClaimsMixin:
         self, owner: Ownership, run_key: str, token: int, extra: dict[str, Any]
     ) -> bool:
         """Add what publishing produced (e.g. the model version) to a committed output."""
-        with self.tx() as c:
+        return self.amend_outputs(owner, [(run_key, token, extra)])[0]
+
+    def amend_outputs(
+        self, owner: Ownership, items: Sequence[tuple[str, int, dict[str, Any]]]
+    ) -> list[bool]:
+        """Add what one publish produced (snapshot id, model version) to each committed
+        output, in ONE fenced transaction: a driver that lost its backfill amends nothing.
+        An item is applied only while the unit is DONE at that very token (a newer commit's
+        output is never amended with an older publish). Per item: applied or not."""
+        if not items:
+            return []
+        keys = sorted({k for k, _, _ in items})
+
+        def attempt(c: Connection) -> set[tuple[str, int]]:
             self._fence(c, owner)
-            row = c.execute(
-                select(units.c.output)
-                .where(units.c.run_key == run_key)
-                .where(units.c.committed_token == token)
-                .where(units.c.state == UnitState.DONE.value)
-            ).first()
-            if row is None:
-                return False
-            merged = {**(json.loads(row.output) if row.output else {}), **extra}
-            c.execute(
-                update(units)
-                .where(units.c.run_key == run_key)
-                .values(output=json.dumps(merged, sort_keys=True))
-            )
-        return True
+            current: dict[str, tuple[int | None, str | None]] = {}
+            for chunk in _chunks(keys, 500):
+                for r in c.execute(
+                    select(units.c.run_key, units.c.committed_token, units.c.output)
+                    .where(units.c.run_key.in_(chunk))
+                    .where(units.c.state == UnitState.DONE.value)
+                ):
+                    current[r.run_key] = (r.committed_token, r.output)
+            merged: dict[str, dict[str, Any]] = {}
+            applied: set[tuple[str, int]] = set()
+            for key, token, extra in items:
+                got = current.get(key)
+                if got is None or got[0] != token:
+                    continue
+                base = merged.get(key) or (json.loads(got[1]) if got[1] else {})
+                merged[key] = {**base, **extra}
+                applied.add((key, token))
+            if merged:
+                c.execute(
+                    update(units)
+                    .where(units.c.run_key == bindparam("b_key"))
+                    .where(units.c.committed_token == bindparam("b_token"))
+                    .where(units.c.state == UnitState.DONE.value)
+                    .values(output=bindparam("b_output")),
+                    [
+                        {
+                            "b_key": k,
+                            "b_token": current[k][0],
+                            "b_output": json.dumps(o, sort_keys=True),
+                        }
+                        for k, o in sorted(merged.items())
+                    ],
+                )
+            return applied
+
+        applied = self._retry_tx(attempt)
+        return [(k, t) in applied for k, t, _ in items]
 
     def invalidate(self, owner: Ownership, run_key: str, why: str) -> bool:
         """A committed unit whose output is gone: back to PENDING so it is re-run."""
