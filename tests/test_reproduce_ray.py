@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from tests.helpers import json_out, run_cli, small_config
+from tests.helpers import invoke_cli, json_out, small_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 PKG_CACHE = Path(os.environ.get("RAYORCH_TEST_PKG_CACHE", "/tmp/rayorch-test-pkgs"))
@@ -150,17 +150,17 @@ def test_env_diff_names_package_version_change(trained):
     run_b = run["mlflow_run_id"]
     assert run_b != run_a
     env = {"RAYORCH_HOME": str(st.home)}
-    proc = run_cli("env", "diff", run_a, run_b, "--json", env=env)
+    proc = invoke_cli("env", "diff", run_a, run_b, "--json", env=env)
     assert proc.returncode == 1, proc.stderr
     d = json_out(proc)
     assert [c["line"] for c in d["packages"]["changed"]] == ["tabulate 0.8.10 → 0.10.0"]
     assert d["packages"]["added"] == d["packages"]["removed"] == []
     assert d["image"] == d["python"] == d["env_vars"] == []
-    human = run_cli("env", "diff", run_a, run_b, env=env)
+    human = invoke_cli("env", "diff", run_a, run_b, env=env)
     assert human.returncode == 1 and "tabulate 0.8.10 → 0.10.0" in human.stdout
-    same = run_cli("env", "diff", run_a, run_a, "--json", env=env)
+    same = invoke_cli("env", "diff", run_a, run_a, "--json", env=env)
     assert same.returncode == 0 and json_out(same)["lines"] == []
-    missing = run_cli("env", "diff", run_a, "0" * 32, env=env)
+    missing = invoke_cli("env", "diff", run_a, "0" * 32, env=env)
     assert missing.returncode == 2 and "no MLflow run" in missing.stderr
 
 
@@ -186,7 +186,7 @@ def test_reproduce_check_names_changed_partition(trained):
     new_hash = step.live([key])[str(key)].content_hash
 
     env = {"RAYORCH_HOME": str(st.home)}
-    proc = run_cli("reproduce", run_a, "--check", "--json", env=env)
+    proc = invoke_cli("reproduce", run_a, "--check", "--json", env=env)
     assert proc.returncode == 1, proc.stderr
     d = json_out(proc)
     assert [c["partition"] for c in d["partitions_changed"]] == [str(key)]

@@ -12,10 +12,8 @@ so the session Ray of other tests cannot interfere. Alone: ``python tests/test_s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,21 +30,9 @@ TRAIN_KEY = f"fraud/train/date={DAY}"
 
 @pytest.fixture(scope="module")
 def scenario() -> dict:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAYORCH_DB_URL", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:] + proc.stdout[-2000:]
-    return json.loads(lines[-1])
+    from tests.helpers import run_scenario
+
+    return run_scenario(__file__, timeout=300, unset=("RAYORCH_DB_URL", "MLFLOW_TRACKING_URI"))
 
 
 def _events(s: dict, event: str, wid: str) -> list[dict]:
@@ -114,8 +100,11 @@ def _config(tmp: Path) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.helpers import small_config
 
-    path = small_config(tmp, train=True, rows=20)
+    # One city (2 feature units, not 6) with the rows of three: the same 24 steps an epoch.
+    path = small_config(tmp, train=True, rows=60)
     cfg = yaml.safe_load(path.read_text())
+    cfg["partitions"]["keys"] = {"city": ["SF"]}
+    cfg.pop("registry")  # nothing here reads the registered model; log_model costs seconds
     cfg["train"].update(
         {
             "entrypoint": "rayorch.examples.testing:ft_train_loop",
@@ -140,14 +129,13 @@ def _wait_for(cond: Any, timeout: float, what: str) -> Any:
         v = cond()
         if v:
             return v
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def main() -> dict:
     import ray
     from mlflow.tracking import MlflowClient
-    from ray.cluster_utils import Cluster
 
     from rayorch.api import generate_data, open_ledger, run_backfill
     from rayorch.scheduling.controller import get_scheduler
@@ -158,19 +146,13 @@ def main() -> dict:
     from rayorch.spec import load_pipeline
     from rayorch.train.control import RunFiles
     from rayorch.train.runner import train_run_name
+    from tests.helpers import fake_gpu_cluster
 
     tmp = Path(tempfile.mkdtemp())
     settings = load_settings(tmp / "home")
     spec = load_pipeline(_config(tmp))
-    node_args = {"num_cpus": 4, "num_gpus": 8, "resources": {"accelerator_type:A100": 1}}
-    cluster = Cluster(
-        initialize_head=True, head_node_args={**node_args, "include_dashboard": False}
-    )
     out: dict[str, Any] = {}
-    try:
-        cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    with fake_gpu_cluster(2, num_cpus=4):
         out["node_ids"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         cs = ClusterSpec(
             namespaces={
@@ -216,7 +198,13 @@ def main() -> dict:
             60,
             "production to be admitted",
         )
-        time.sleep(1.0)  # production "runs"; the backfill unit waits in the queue
+        _wait_for(  # production "runs"; the backfill unit waits in the queue
+            lambda: any(
+                q["workload_id"] == TRAIN_KEY for q in ray.get(sched.status.remote())["queue"]
+            ),
+            60,
+            "the yielded unit to wait in the queue",
+        )
         ray.get(sched.release.remote("prod-daily"))
         th.join(timeout=150)
         assert not th.is_alive(), "the backfill did not finish"
@@ -245,11 +233,6 @@ def main() -> dict:
             counts[e["run_key"]] = counts.get(e["run_key"], 0) + 1
         ledger.close()
         out["commit_counts"] = counts
-    finally:
-        with contextlib.suppress(Exception):
-            ray.kill(ray.get_actor("rayorch-scheduler", namespace="rayorch"))
-        ray.shutdown()
-        cluster.shutdown()
     return out
 
 

@@ -7,10 +7,8 @@ document; the test asserts on it. Run alone with: ``python tests/test_scheduling
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,19 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def scenario() -> dict:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=REPO,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:] + proc.stdout[-2000:]
-    return json.loads(lines[-1])
+    from tests.helpers import run_scenario
+
+    return run_scenario(__file__, timeout=240)
 
 
 @pytest.mark.slow
@@ -138,7 +126,6 @@ def _where():
 
 def main() -> dict:
     import ray
-    from ray.cluster_utils import Cluster
     from ray.util.placement_group import placement_group_table
 
     from rayorch.scheduling.controller import get_scheduler, run_in_placement_group
@@ -146,20 +133,13 @@ def main() -> dict:
     from rayorch.scheduling.model import Request
     from rayorch.scheduling.quota import ClusterSpec, NamespaceQuota, PriorityClass
     from rayorch.scheduling.shapes import parse_job_shape
+    from tests.helpers import fake_gpu_cluster
 
-    node_args = {"num_cpus": 4, "num_gpus": 8, "resources": {"accelerator_type:A100": 1}}
-    cluster = Cluster(
-        initialize_head=True, head_node_args={**node_args, "include_dashboard": False}
-    )
     out: dict = {}
     marks: dict = {}
     t_start = time.monotonic()
-    try:
-        for _ in range(2):
-            cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
+    with fake_gpu_cluster(3, num_cpus=4):
         marks["nodes_up"] = time.monotonic() - t_start
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         spec = ClusterSpec(
             namespaces={
                 "prod": NamespaceQuota(gpus=16, cpus=8, max_concurrent_units=4),
@@ -286,11 +266,6 @@ def main() -> dict:
             "expected_used": 2,
             **doc,
         }
-    finally:
-        with contextlib.suppress(Exception):
-            ray.kill(ray.get_actor("rayorch-scheduler", namespace="rayorch"))
-        ray.shutdown()
-        cluster.shutdown()
     marks["total"] = time.monotonic() - t_start
     out["timings"] = marks
     return out

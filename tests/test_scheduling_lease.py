@@ -27,19 +27,9 @@ LEASE_S = 4.0
 
 @pytest.fixture(scope="module")
 def scenario() -> dict:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=REPO,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:] + proc.stdout[-2000:]
-    return json.loads(lines[-1])
+    from tests.helpers import run_scenario
+
+    return run_scenario(__file__, timeout=180)
 
 
 @pytest.mark.slow
@@ -86,87 +76,77 @@ while True:
 
 def main() -> dict:
     import ray
-    from ray.cluster_utils import Cluster
 
-    from rayorch.scheduling.controller import SCHEDULER_NAME, SCHEDULER_NAMESPACE, get_scheduler
+    from rayorch.scheduling.controller import get_scheduler
     from rayorch.scheduling.model import Request
     from rayorch.scheduling.quota import ClusterSpec, NamespaceQuota, PriorityClass
     from rayorch.scheduling.shapes import parse_job_shape
+    from tests.helpers import fake_gpu_cluster
 
-    node_args = {"num_cpus": 2, "num_gpus": 8, "resources": {"accelerator_type:A100": 1}}
-    cluster = Cluster(
-        initialize_head=True, head_node_args={**node_args, "include_dashboard": False}
-    )
     out: dict = {}
     db = f"sqlite:///{Path(tempfile.mkdtemp()) / 'ledger.db'}"
     driver = None
-    try:
-        cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        spec = ClusterSpec(
-            namespaces={
-                "prod": NamespaceQuota(gpus=8, cpus=4, max_concurrent_units=4, can_borrow=True),
-                "bf": NamespaceQuota(gpus=16, cpus=4, max_concurrent_units=8),
-            },
-            scheduling_cycle_s=0.2,
-        )
-        sched = get_scheduler(spec, db_url=db, lease_s=LEASE_S)
-        driver = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, cluster.address, spec.model_dump_json(), db, "4"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        line = driver.stdout.readline().strip()
-        out["driver_admissions"] = line.removeprefix("READY ").split(",")
-        out["driver_ids"] = ["bf-0", "bf-1"]
-        prod = Request("prod-1", "prod", parse_job_shape("1x8", 0.5), PriorityClass.PRODUCTION)
-        out["prod_before_kill"] = ray.get(sched.submit.remote(prod)).to_dict()
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=10)
-        killed = time.monotonic()
-        a = None
-        while time.monotonic() - killed < LEASE_S + 10:
-            a = ray.get(sched.poll.remote("prod-1"))
-            if a.outcome.value == "ADMITTED":
-                break
-            time.sleep(0.1)
-        out["reclaimed_after_s"] = time.monotonic() - killed
-        out["prod_after"] = a.to_dict()
-        pg = ray.get(sched.placement_group.remote("prod-1"))
-        out["prod_pg_ready"] = ray.get(pg.ready(), timeout=30) is not None
-        out["expired"] = sorted(
-            e["workload_id"] for e in ray.get(sched.events.remote()) if e["event"] == "expired"
-        )
-        # restart: kill the actor process, Ray restarts it, it rebuilds from the database
-        late = Request("bf-late", "bf", parse_job_shape("2x8", 0.5))
-        ray.get(sched.submit.remote(late))
-        pid = ray.get(sched.status.remote())["pid"]
-        ray.kill(sched, no_restart=False)
-        deadline = time.monotonic() + 60
-        st = None
-        while time.monotonic() < deadline:  # ray.kill is asynchronous: wait for the new process
-            with contextlib.suppress(Exception):
-                st = ray.get(sched.status.remote(), timeout=10)
-                if st["pid"] != pid:
+    with fake_gpu_cluster(2, num_cpus=2) as cluster:
+        try:
+            spec = ClusterSpec(
+                namespaces={
+                    "prod": NamespaceQuota(gpus=8, cpus=4, max_concurrent_units=4, can_borrow=True),
+                    "bf": NamespaceQuota(gpus=16, cpus=4, max_concurrent_units=8),
+                },
+                scheduling_cycle_s=0.2,
+            )
+            sched = get_scheduler(spec, db_url=db, lease_s=LEASE_S)
+            driver = subprocess.Popen(
+                [sys.executable, "-c", DRIVER, cluster.address, spec.model_dump_json(), db, "4"],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            line = driver.stdout.readline().strip()
+            out["driver_admissions"] = line.removeprefix("READY ").split(",")
+            out["driver_ids"] = ["bf-0", "bf-1"]
+            prod = Request("prod-1", "prod", parse_job_shape("1x8", 0.5), PriorityClass.PRODUCTION)
+            out["prod_before_kill"] = ray.get(sched.submit.remote(prod)).to_dict()
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=10)
+            killed = time.monotonic()
+            a = None
+            while time.monotonic() - killed < LEASE_S + 10:
+                a = ray.get(sched.poll.remote("prod-1"))
+                if a.outcome.value == "ADMITTED":
                     break
-            time.sleep(0.2)
-        pid2 = st["pid"]
-        found = ray.get(sched.placement_group.remote("prod-1"))
-        out["restart"] = {
-            "pid_changed": pid != pid2,
-            "running": sorted(r["workload_id"] for r in st["running"]),
-            "queued": [q["workload_id"] for q in st["queue"]],
-            "prod_pg_found": found.id == pg.id,
-        }
-    finally:
-        if driver is not None and driver.poll() is None:
-            driver.kill()
-        with contextlib.suppress(Exception):
-            ray.kill(ray.get_actor(SCHEDULER_NAME, namespace=SCHEDULER_NAMESPACE))
-        ray.shutdown()
-        cluster.shutdown()
+                time.sleep(0.1)
+            out["reclaimed_after_s"] = time.monotonic() - killed
+            out["prod_after"] = a.to_dict()
+            pg = ray.get(sched.placement_group.remote("prod-1"))
+            out["prod_pg_ready"] = ray.get(pg.ready(), timeout=30) is not None
+            out["expired"] = sorted(
+                e["workload_id"] for e in ray.get(sched.events.remote()) if e["event"] == "expired"
+            )
+            # restart: kill the actor process, Ray restarts it, it rebuilds from the database
+            late = Request("bf-late", "bf", parse_job_shape("2x8", 0.5))
+            ray.get(sched.submit.remote(late))
+            pid = ray.get(sched.status.remote())["pid"]
+            ray.kill(sched, no_restart=False)
+            deadline = time.monotonic() + 60
+            st = None
+            while time.monotonic() < deadline:  # ray.kill is asynchronous: wait for the new process
+                with contextlib.suppress(Exception):
+                    st = ray.get(sched.status.remote(), timeout=10)
+                    if st["pid"] != pid:
+                        break
+                time.sleep(0.2)
+            pid2 = st["pid"]
+            found = ray.get(sched.placement_group.remote("prod-1"))
+            out["restart"] = {
+                "pid_changed": pid != pid2,
+                "running": sorted(r["workload_id"] for r in st["running"]),
+                "queued": [q["workload_id"] for q in st["queue"]],
+                "prod_pg_found": found.id == pg.id,
+            }
+        finally:
+            if driver is not None and driver.poll() is None:
+                driver.kill()
     return out
 
 
