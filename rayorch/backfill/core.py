@@ -86,6 +86,10 @@ class BackfillCore:
         self.publishing: dict[str, tuple[Unit, int, object] | None] = {}
         self.lost_outputs: set[str] = set()  # verified and found gone: dependents block
         self._held: dict[str, None] = {}  # dependents whose inputs are committed, not live
+        self._index = {k: i for i, k in enumerate(self.order)}
+        self._busy = 0  # units holding capacity
+        self._terminal = 0  # units in a terminal phase
+        self._dues: dict[str, None] = {}  # units with a due time (timers)
 
     # -- the one place that moves a unit --------------------------------------------------------
     def _set(self, key: str, phase: Phase, **changes: object) -> UnitRun:
@@ -99,6 +103,13 @@ class BackfillCore:
             )
         new = replace(cur, phase=phase, **changes)  # type: ignore[arg-type]
         self.runs[key] = new
+        # counts kept as units move, so that a step costs what changed, not every unit
+        self._busy += phase.holds_capacity - cur.phase.holds_capacity
+        self._terminal += phase.is_terminal - cur.phase.is_terminal
+        if new.due is not None and not phase.is_terminal:
+            self._dues[key] = None
+        else:
+            self._dues.pop(key, None)
         if phase is Phase.READY:
             self.ready.append(key)
         if phase.is_terminal:
@@ -112,17 +123,13 @@ class BackfillCore:
     @property
     def finished(self) -> bool:
         """Every unit terminal and nothing this driver committed left unpublished."""
-        return (
-            all(r.phase.is_terminal for r in self.runs.values())
-            and not self.unpublished
-            and not self.publishing
-        )
+        return self._terminal == len(self.runs) and not self.unpublished and not self.publishing
 
     def busy(self) -> int:
-        return sum(1 for r in self.runs.values() if r.phase.holds_capacity)
+        return self._busy
 
     def next_due(self) -> float | None:
-        dues = [r.due for r in self.runs.values() if r.due is not None and not r.phase.is_terminal]
+        dues = [d for k in self._dues if (d := self.runs[k].due) is not None]
         publish = self.cfg.publish.due(self._oldest) if self.unpublished else None
         if publish is not None:
             dues.append(publish)
@@ -317,7 +324,7 @@ class BackfillCore:
 
     # -- time ---------------------------------------------------------------------------------
     def _timers(self, now: float) -> None:
-        for key in self.order:
+        for key in sorted(self._dues, key=self._index.__getitem__):  # in plan order
             run = self.runs[key]
             if run.due is None or run.due > now:
                 continue
@@ -402,7 +409,7 @@ class BackfillCore:
             oldest=self._oldest,
             unbatched=any(u.step is not Step.FEATURES for u, _, _ in self.unpublished.values()),
             dependent_ready=dependent,
-            ending=self.stop is not None or all(r.phase.is_terminal for r in self.runs.values()),
+            ending=self.stop is not None or self._terminal == len(self.runs),
         )
         reason = decide_flush(waiting, now, self.cfg.publish)
         if reason is None:
