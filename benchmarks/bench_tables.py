@@ -3,15 +3,16 @@
     python benchmarks/bench_tables.py [--keys 30 --days 90 --rows 200] [--concurrency N]
                                       [--max-batch 65] [--repeat 3] [--s3] [--ray-read]
 
-1. Publish: 2,700 partitions (30 keys x 90 days) through what the backfill driver does for
-   feature units -- the plan persisted in the ledger, fenced claims within the concurrency
-   limit (default: the driver's, max(8, 2 x CPUs)), staging in worker processes (a Ray
-   task's place: unique-key check, writing the data file, describing it for Iceberg), and
-   per loop turn every finished unit (at most ``--max-batch``) committed in one fenced
-   ledger transaction, published in one table commit (stale-token check included) and its
-   output amended with the snapshot -- vs the same data written once with plain
-   ``pyarrow.dataset.write_dataset`` (hive partitioning). Both sides ``--repeat`` times in
-   one run, medians; the table is read back (every row, no duplicates). Target: <= 2x.
+1. Publish: 2,700 partitions (30 keys x 90 days) through the backfill driver itself
+   (BackfillDriver over a plan of one feature unit per partition): the plan persisted in the
+   ledger, fenced claims within the concurrency limit (default: the driver's, max(8, 2 x
+   CPUs)), staging in worker processes (a Ray task's place: unique-key check, writing the
+   data file, describing it for Iceberg), a fenced ledger commit per loop turn, table
+   commits grouped by the driver (``--publish-batch``, ``--publish-linger-s``; 1 and 0 give
+   a table commit per turn) and one ledger transaction per publish recording the snapshot
+   ids -- vs the same data written once with plain ``pyarrow.dataset.write_dataset`` (hive
+   partitioning). Both sides ``--repeat`` times in one run, medians; the table is read back
+   (every row, no duplicates). Target: <= 2x.
    Ray's own dispatch overhead is bench_dispatch.py's subject, not this one's.
 2. ``--ray-read``: a 30-day training window read at a pinned snapshot (rayorch's path:
    pin the snapshot, list its files, Ray Data over them) vs plain ``ray.data.read_parquet``
@@ -20,10 +21,9 @@
 ``--s3`` runs against a moto S3 server on 127.0.0.1 started here (the test fixture's server).
 
 Measured (2 cores shared with other sessions' test runs; docs/tables.md has the table):
-local, 8 in flight: 478.8 s vs 1.74 s = 275x; 64 in flight: 59.6 s vs 6.74 s = 8.8x;
-moto S3, 64 in flight: 173.0 s vs 269.7 s = 0.64x. Local
-target not met: every pyiceberg commit deep-copies the table metadata ~15 times and the
-metadata grows by a snapshot per commit (see docs/tables.md, "Where the time goes").
+local, 8 in flight, grouped: 18.99 s vs 2.51 s = 7.6x with 11 table commits (before
+grouping: 478.8 s vs 1.74 s = 275x with 673). Local target not met: what is left is the
+per-turn ledger claim and commit transactions and the stager pool drained every turn.
 """
 
 from __future__ import annotations
@@ -93,55 +93,110 @@ def stage_one(job: tuple[str, str, int]) -> dict:
     return outputs.stage(_TABLE, key, _DATA[key], run_key=job[0], token=job[2], unique_key=["id"])
 
 
-def drive(table, ledger, keys, pool, concurrency: int, max_batch: int) -> dict:
-    """What the backfill driver does for feature units, minus Ray: persist the plan, claim
-    up to ``concurrency`` units (fenced tokens), hand them to the stagers, and per loop turn
-    take every finished unit (up to ``max_batch``), commit them in one fenced ledger
-    transaction, publish them in one table commit, and record the snapshot per unit."""
-    from rayorch.data.tables import Published
-    from rayorch.ledger.store import ClaimOutcome, UnitSpec
+class PoolExecutor:
+    """The driver's runner with stager processes in a Ray task's place (Ray's own dispatch
+    cost is bench_dispatch.py's subject): ``publish_many`` is what the Ray executor does for
+    feature units (one table commit, then the snapshot per unit)."""
+
+    def __init__(self, table, pool) -> None:
+        self.table, self.pool = table, pool
+        self.commits = 0
+        self.table_s = 0.0
+
+    def submit(self, unit, token, generation, placement=None):
+        return self.pool.submit(stage_one, (unit.run_key, str(unit.partition), token))
+
+    def wait(self, handles, timeout):
+        from rayorch.results import Staged
+
+        done, rest = futures.wait(handles, timeout=timeout, return_when=futures.FIRST_COMPLETED)
+        if done and rest:  # linger briefly, as the Ray executor does, so results batch
+            more, _ = futures.wait(rest, timeout=0.02)
+            done = done | more
+        out = []
+        for f in done:
+            try:
+                m = f.result()
+                out.append((f, Staged(m, {}, m["rows"])))
+            except Exception as e:
+                out.append((f, e))
+        return out
+
+    def cancel(self, handle) -> None:
+        handle.cancel()
+
+    def publish_many(self, items):
+        from rayorch.data.tables import Published
+
+        t0 = time.perf_counter()
+        results = self.table.publish_many([outputs.publish_item(r.manifest) for _, _, r in items])
+        self.table_s += time.perf_counter() - t0
+        self.commits += 1
+        assert all(r.outcome is Published.REPLACED for r in results), results
+        return [{"snapshot_id": r.snapshot_id, "published": r.outcome.name} for r in results]
+
+    def reconcile_many(self, items):
+        from rayorch.backfill.executor import Reconciled
+
+        return [Reconciled(Reconciled.Outcome.NOTHING)] * len(items)
+
+    def request_yield(self, unit, token, why) -> bool:
+        return False
+
+    def live_progress(self, unit, generation):
+        return None
+
+
+def timed(obj, names: list[str], acc: dict) -> None:
+    """Time the named methods of ``obj`` into ``acc[name]`` (and ``acc['ledger']``)."""
+    for name in names:
+        fn = getattr(obj, name)
+
+        def wrapper(*a, _fn=fn, _name=name, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                dt_ = time.perf_counter() - t0
+                acc[_name] = acc.get(_name, 0.0) + dt_
+                acc["ledger"] = acc.get("ledger", 0.0) + dt_
+
+        setattr(obj, name, wrapper)
+
+
+def drive(table, ledger, keys, pool, args) -> dict:
+    """The backfill driver itself (rayorch.backfill.driver.BackfillDriver) over a plan of
+    one feature unit per partition: plan persisted in the ledger, fenced claims within the
+    concurrency limit, a fenced ledger commit per loop turn, grouped table commits
+    (``--publish-batch`` / ``--publish-linger-s``), one ledger transaction per publish
+    recording the snapshot ids."""
+    import datetime as dt
+
+    from rayorch.backfill.driver import BackfillDriver, DriverOptions
+    from rayorch.backfill.plan import BackfillPlan, Step, Unit
 
     name = table.identifier.split(".")[0]
-    run_key = {k: f"{name}/features/{k}" for k in keys}
-    specs = [UnitSpec(run_key[k], name, "features", str(k)) for k in keys]
-    bf, _ = ledger.start_backfill(name, {"t": time.time()}, "fp", specs)
-    own = bf.ownership
-    pending = list(reversed(keys))
-    inflight: dict = {}
-    commits = 0
-    t = {"ledger": 0.0, "table": 0.0, "amend": 0.0}
-    while pending or inflight:
-        free = concurrency - len(inflight)
-        if free > 0 and pending:
-            batch = [pending.pop() for _ in range(min(free, len(pending)))]
-            t0 = time.perf_counter()
-            got = ledger.claim_many(own, [run_key[k] for k in batch], take_own=True)
-            t["ledger"] += time.perf_counter() - t0
-            for k, r in zip(batch, got, strict=True):
-                assert r.outcome is ClaimOutcome.GRANTED, r
-                inflight[pool.submit(stage_one, (run_key[k], str(k), r.token))] = k
-        done, _ = futures.wait(list(inflight), return_when=futures.FIRST_COMPLETED)
-        finished = [f.result() for f in list(done)[:max_batch]]
-        for f in list(done)[:max_batch]:
-            del inflight[f]
-        t0 = time.perf_counter()
-        errs = ledger.commit_many(
-            own, [(s["run_key"], s["token"], {"kind": "staged", "manifest": s}) for s in finished]
-        )
-        assert not any(errs), errs
-        t1 = time.perf_counter()
-        results = table.publish_many([outputs.publish_item(s) for s in finished])
-        commits += 1
-        t2 = time.perf_counter()
-        for r in results:
-            assert r.outcome is Published.REPLACED, r
-            extra = {"snapshot_id": r.snapshot_id, "published": r.outcome.name}
-            ledger.amend_output(own, r.run_key, r.live_token, extra)
-        t3 = time.perf_counter()
-        t["ledger"] += (t1 - t0) + (t3 - t2)
-        t["amend"] += t3 - t2
-        t["table"] += t2 - t1
-    return {"commits": commits, **t}
+    units = tuple(
+        Unit(f"{name}/features/{k}", Step.FEATURES, k, dt.date.fromisoformat(k.as_dict()["date"]),
+             inputs=(k,))
+        for k in keys
+    )  # fmt: skip
+    cities = sorted({k.as_dict()["city"] for k in keys})
+    day0, day1 = units[0].day, units[-1].day
+    plan = BackfillPlan(name, day0, day1, {"city": cities}, (Step.FEATURES,), units, "fp",
+                        {"pipeline": name, "t": time.time()})  # fmt: skip
+    acc: dict = {}
+    timed(ledger, ["claim_many", "commit_many", "amend_outputs"], acc)
+    ex = PoolExecutor(table, pool)
+    opts = DriverOptions(
+        max_concurrency=args.concurrency,
+        publish_batch=args.publish_batch,
+        publish_linger_s=args.publish_linger_s,
+    )
+    s = BackfillDriver(plan, ledger, ex, opts).run()
+    assert s.ok, s.to_dict()
+    return {"commits": ex.commits, "table": ex.table_s, "amend": acc.get("amend_outputs", 0.0),
+            "ledger": acc.get("ledger", 0.0)}  # fmt: skip
 
 
 def main() -> None:
@@ -156,7 +211,13 @@ def main() -> None:
         default=max(8, 2 * cpus),
         help="units in flight (the driver's default: max(8, 2 x cluster CPUs))",
     )
-    ap.add_argument("--max-batch", type=int, default=65, help="most units per loop turn")
+    ap.add_argument("--max-batch", type=int, default=65, help="units per publish in --ray-read")
+    ap.add_argument(
+        "--publish-batch", type=int, default=256, help="driver's publish_batch (1: every turn)"
+    )
+    ap.add_argument(
+        "--publish-linger-s", type=float, default=5.0, help="driver's publish_linger_s (0: none)"
+    )
     ap.add_argument("--workers", type=int, default=cpus, help="stager processes (task slots)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side; medians")
     ap.add_argument("--s3", action="store_true")
@@ -193,7 +254,8 @@ def main() -> None:
         where = "s3 (moto)" if args.s3 else "local disk"
         print(
             f"{len(keys)} partitions x {args.rows} rows, {where}; {args.workers} stager "
-            f"processes, {args.concurrency} units in flight, <= {args.max_batch} per commit"
+            f"processes, {args.concurrency} units in flight, table commit per "
+            f"{args.publish_batch} units or {args.publish_linger_s:g} s"
         )
         whole = pa.concat_tables(
             [storage_cols(t, k) for k, t in _DATA.items()], promote_options="default"
@@ -224,7 +286,7 @@ def main() -> None:
             with futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
                 list(pool.map(abs, range(args.workers * 4)))  # workers up, like Ray's
                 t0 = time.perf_counter()
-                last = drive(table, ledger, keys, pool, args.concurrency, args.max_batch)
+                last = drive(table, ledger, keys, pool, args)
                 ours_walls.append(time.perf_counter() - t0)
             got = table.require().scan().to_arrow()
             assert got.num_rows == len(keys) * args.rows, got.num_rows
@@ -233,7 +295,7 @@ def main() -> None:
             print(
                 f"  run {rep + 1}: plain {plain_walls[-1]:6.2f} s   rayorch {ours_walls[-1]:6.2f} s"
                 f"  ({last['commits']} table commits {last['table']:.2f} s, "
-                f"ledger {last['ledger']:.2f} s of which per-unit amends {last['amend']:.2f} s)"
+                f"ledger {last['ledger']:.2f} s of which amends {last['amend']:.2f} s)"
             )
         plain_s, ours = statistics.median(plain_walls), statistics.median(ours_walls)
         print(f"plain write_dataset      {plain_s:8.2f} s  (median of {args.repeat})")
