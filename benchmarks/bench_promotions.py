@@ -38,6 +38,17 @@ After the REST alias path and batching (commit c91ca89, batches of ~4)::
 With the group-commit linger (``coordinator.BATCH_LINGER_S``), 8 threads on one in-process
 ``Coordinator`` through a one-worker server (no Ray; load 6, machine 99 % busy): 85-89/s,
 7.8 promotions a batch, 4.3 ms of server CPU per promotion (62-63/s and 4.4 a batch before).
+Through the actor with the linger (commit 2d6a33a; load average 8-10, machine 90-96 % busy)::
+
+                                          pg (in-process)   server w=1
+    actor, 1 client, promotions/s          22.4 (19-23)     15.0 (12-15)
+    actor, 8 clients, promotions/s        126.6 (113-135)   84.6 (70-97)
+      ratio to target (100/s)                1.27             0.85
+      promotions per batch                   7.33             7.03
+      CPU ms/promotion server/pg/actor/cl   -/0.9/4.7/2.2   5.0/0.5/3.2/2.3
+      capacity on 2 free cores, /s            254              182
+    lost updates / >1 winner rounds          0 / 0            0 / 0
+    naive read-check-write: winners/round     6.60             6.60
 
 The target of 100/s with 8 clients through the server is not met on this machine. One worker
 beats two: with several, uvicorn's own listening socket leaves TCP_NODELAY off (~45 ms of
