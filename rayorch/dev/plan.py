@@ -132,7 +132,10 @@ def plan_topology(opts: DevOptions, root: Path, ports: Ports, tmp_root: Path) ->
                  "postgresql://", "postgresql+psycopg://", 1),
              "--artifacts-destination", f"s3://{BUCKET}/mlflow",
              "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"),
-            str(root), str(logs / "mlflow.log"), mlflow, ready_http=f"{mlflow}/health", env=aws,
+            str(root), str(logs / "mlflow.log"), mlflow, ready_http=f"{mlflow}/health",
+            # One worker (with more, uvicorn leaves TCP_NODELAY off: ~45 ms per REST call) and
+            # no job runner (MLflow 3 polls for jobs rayorch never submits). docs/registry.md.
+            env={**aws, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
     ]  # fmt: skip
     # Every node carries the exports, as a KubeRay pod's env would (from secrets): a job's

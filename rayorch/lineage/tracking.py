@@ -255,6 +255,10 @@ class Tracker:
                 name="model",
                 registered_model_name=model_name,
                 input_example=input_example,
+                # Stated, not inferred: MLflow's inference imports the model in a subprocess
+                # (seconds per registration); the full environment is recorded by its
+                # fingerprint on the run.
+                pip_requirements=model_requirements(),
             )
         version = str(info.registered_model_version)
         digest = self.artifact_digest(info.model_uri)
@@ -271,6 +275,14 @@ class Tracker:
                 artifact_uri=model_uri, dst_path=tmp, tracking_uri=self.uri
             )
             return directory_digest(local)
+
+
+def model_requirements() -> list[str]:
+    """What loading a logged model needs: torch and numpy at this environment's versions
+    (without a local build tag such as ``+cpu``: the same model loads on a GPU build)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "numpy")]
 
 
 def directory_digest(root: str) -> str:
