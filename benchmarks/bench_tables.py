@@ -22,7 +22,8 @@
 
 Measured (2 cores shared with other sessions' test runs; docs/tables.md has the table):
 local, 8 in flight, grouped: 18.99 s vs 2.51 s = 7.6x with 11 table commits (before
-grouping: 478.8 s vs 1.74 s = 275x with 673). Local target not met: what is left is the
+grouping: 478.8 s vs 1.74 s = 275x with 673); moto S3: 130.7 s vs 189.4 s = 0.69x with 24
+(one run). Local target not met: what is left is the
 per-turn ledger claim and commit transactions and the stager pool drained every turn.
 """
 
