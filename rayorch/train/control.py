@@ -22,14 +22,14 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from rayorch.data.storage import filesystem_for, is_remote
+from rayorch.data.storage import filesystem_for
 
 PROGRESS = "progress.json"
 YIELD = "YIELD"
 
 
 def _fs(storage: str) -> tuple[pafs.FileSystem, str]:
-    if is_remote(storage):
+    if "://" in storage:  # s3:// with the settings' credentials/endpoint; file:// as a path
         fs, path = filesystem_for(storage)
         return fs, path.rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(storage)
