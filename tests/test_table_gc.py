@@ -16,6 +16,7 @@ from rayorch.data.table_orphans import Keep, StoredFile, keep_reason, plan_orpha
 from rayorch.data.tables import StepTable, expire_snapshots, remove_orphan_files
 from rayorch.partitions import PartitionKey
 from rayorch.settings import load_settings
+from tests.table_fixtures import feature_table, stage  # noqa: F401 (the `table` fixture)
 
 KEY = PartitionKey.of(city="SF", date="2026-10-01")
 OTHER = KEY.with_(city="LA")
@@ -39,19 +40,6 @@ def test_plan_orphans_sorts_and_counts():
     plan = plan_orphans(files, {"r"}, cutoff_ms=100)
     assert [f.path for f in plan.delete] == ["a", "z"] and plan.bytes == 20
     assert [f.path for f in plan.kept_young] == ["y"] and plan.referenced == 1
-
-
-@pytest.fixture(params=["local", "s3"])
-def table(request, home):
-    if request.param == "s3":
-        request.getfixturevalue("s3_storage")
-    st = load_settings()
-    return StepTable(st, "pricing", st.resolve("data/features/pricing"), ["city", "date"], "f")
-
-
-def stage(table: StepTable, key: PartitionKey, token: int, ids: list[str]) -> dict:
-    data = pa.table({"id": ids, "v": [float(token)] * len(ids)})
-    return outputs.stage(table, key, data, run_key=f"f/{key}", token=token, unique_key=["id"])
 
 
 def publish(table: StepTable, staged: dict) -> int:

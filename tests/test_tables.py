@@ -16,23 +16,10 @@ from rayorch.data.tables import SUMMARY_UNITS, Published, StepTable, token_of
 from rayorch.errors import DataError, DuplicateKeysError, NotFoundError
 from rayorch.partitions import PartitionKey
 from rayorch.settings import load_settings
+from tests.table_fixtures import feature_table, stage  # noqa: F401 (the `table` fixture)
 
 KEY = PartitionKey.of(city="SF", date="2026-10-01")
 CITIES = ["SF", "NYC", "LA"]
-
-
-@pytest.fixture(params=["local", "s3"])
-def table(request, home):
-    """A fresh feature table on local disk, or under RAYORCH_STORAGE_URL on the S3 server."""
-    if request.param == "s3":
-        request.getfixturevalue("s3_storage")
-    st = load_settings()
-    return StepTable(st, "pricing", st.resolve("data/features/pricing"), ["city", "date"], "f")
-
-
-def stage(table: StepTable, key: PartitionKey, token: int, ids: list[str]) -> dict:
-    data = pa.table({"id": ids, "v": [float(token)] * len(ids)})
-    return outputs.stage(table, key, data, run_key=f"f/{key}", token=token, unique_key=["id"])
 
 
 def rows(table: StepTable, keys=None) -> list[tuple[str, str, float]]:
