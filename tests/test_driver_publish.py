@@ -163,7 +163,8 @@ def test_crash_with_many_committed_unpublished_units_rolls_them_forward_once(wor
     plan = make_plan(["SF", "NYC", "LA"], days=3)  # 9 units
     ex = TableExecutor(clock, table)
     assert driver(plan, ledger, ex, clock, procs.start(30), publish_batch=4).run().ok
-    assert snapshots(table) == 3 and {float(v) for _, v in ex.rows()} == {1.0}
+    first_publishes = snapshots(table)  # groups of 4 or more (more wait while one runs)
+    assert 2 <= first_publishes <= 3 and {float(v) for _, v in ex.rows()} == {1.0}
     # Reprocess everything; killed after the 3rd turn's ledger commit: 6 units committed at
     # token 2, none published (the group was not full) - the table still shows token 1.
     first = procs.start(31)
@@ -173,13 +174,13 @@ def test_crash_with_many_committed_unpublished_units_rolls_them_forward_once(wor
     procs.kill(first)
     rows = ledger.get_units(u.run_key for u in plan.units)
     ahead = {k for k, r in rows.items() if r.committed_token == 2}
-    assert len(ahead) == 6 and snapshots(table) == 3
+    assert len(ahead) == 6 and snapshots(table) == first_publishes
     assert {float(v) for _, v in ex.rows()} == {1.0}
     # resumed (what it committed is kept; what it held runs again with a newer token)
     s = driver(plan, ledger, ex, clock, procs.start(32), publish_batch=1000,
                publish_linger_s=1e6).run()  # fmt: skip
     assert s.ok and s.resumed and set(s.reconciled) == ahead
-    assert ex.publishes[3] == sorted(ahead, key=[u.run_key for u in plan.units].index)
+    assert ex.publishes[first_publishes] == sorted(ahead, key=[u.run_key for u in plan.units].index)
     # each row once, at the token the ledger committed (never token 1 beside token 2)
     assert_rows_once(ex, plan, ledger)
     final = ledger.get_units(u.run_key for u in plan.units)

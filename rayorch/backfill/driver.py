@@ -7,7 +7,10 @@ what publishing produced (snapshot id, model version).
 Everything the driver knows is in the ledger; a new driver resumes from there, and a dead
 driver on this host is found dead at once (process identity), elsewhere after its lease.
 
-Ledger commits happen every loop turn (one fenced transaction per turn: the ledger decides
+Table commits run on a background thread (one at a time: the core keeps one Publish in
+flight), so staging, claims and ledger commits go on while pyiceberg writes metadata; the
+Published event enters the loop when it is done, and the driver never ends, nor publishes
+on the way out, before it is. Ledger commits happen every loop turn (one fenced transaction per turn: the ledger decides
 who may write). Table commits are grouped: committed units wait and are published together
 (one Iceberg commit, one ledger transaction recording their snapshot) when
 :func:`rayorch.backfill.publishing.decide_flush` says so - ``publish_batch`` units waiting,
@@ -28,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +87,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often the loop looks for a background publish's end while work results come in.
+PUBLISH_POLL_S = 0.05
+
 __all__ = ["BackfillDriver", "BackfillSummary", "DriverOptions", "OnConflict", "ProgressFn"]
 
 
@@ -103,6 +110,7 @@ class DriverOptions:
     cancel_poll_s: float = 2.0  # how often a cancel request is looked for between heartbeats
     publish_batch: int = DEFAULT_PUBLISH_BATCH  # committed units per table commit, at most
     publish_linger_s: float = DEFAULT_PUBLISH_LINGER_S  # longest a committed unit waits
+    publish_in_background: bool = True  # table commits on a thread, overlapping the loop
 
 
 #: Progress callback: (event, unit or None, detail). Events: start, claimed, done, skipped,
@@ -154,6 +162,8 @@ class BackfillDriver:
         self._progress_rows: dict[str, dict[str, Any]] = {}
         self._done_at_start: set[str] = set()  # DONE when this run began, reconciled then
         self._invalidated: list[str] = []
+        self._publisher: futures.ThreadPoolExecutor | None = None
+        self._in_flight: tuple[futures.Future[list[Event]], Publish] | None = None
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> BackfillSummary:
@@ -213,6 +223,7 @@ class BackfillDriver:
             while True:
                 now = self.clock()
                 lease.maybe_beat(now)
+                events += self._publish_events()
                 events += self._control_events(lease, stops)
                 if self.gate is not None and lease.lost is None:
                     self.gate.heartbeat()  # renews this driver's admissions (rate-limited)
@@ -226,17 +237,23 @@ class BackfillDriver:
                 events = self._wait_for_work(core, now)
         except OwnershipLostError as e:
             self._abandon()
+            self._join_publish()
             core.step(self.clock(), [Stop(StopReason.OWNERSHIP_LOST, e.message)])
             return self._finish(own, core, opened, started, reconciled, invalidated, write=False)
         except (Exception, KeyboardInterrupt):  # anything else (a kill) leaves it to the lease
             self._abandon()
+            done = self._join_publish()
             try:
                 ledger.release_all(own, "driver stopped by an error")  # fenced: still the owner
-                self._publish_waiting(own, core)
+                self._publish_waiting(own, core, done)
                 ledger.finish_backfill(own, BackfillState.FAILED, {"error": "driver error"})
             except Exception as e:  # the ledger is what failed, or another owner took over
                 log.warning("could not record the driver's failure: %s", ErrorInfo.of(e).describe())
             raise
+        finally:
+            if self._publisher is not None:
+                self._publisher.shutdown(wait=True)
+                self._publisher = None
         return self._finish(
             own, core, opened, started, reconciled, invalidated, write=lease.lost is None
         )
@@ -290,6 +307,11 @@ class BackfillDriver:
         )
         if self._admitting and self.gate is not None:
             timeout = min(timeout, self.gate.poll_s)
+        if self._in_flight is not None:
+            if not self._handles:  # nothing else to wait for: the publish ends the wait
+                futures.wait([self._in_flight[0]], timeout=max(timeout, 0.05))
+                return []
+            timeout = min(timeout, PUBLISH_POLL_S)  # work results, or the publish soon after
         if not self._handles:
             if timeout > 0:
                 self.sleep(timeout)
@@ -323,7 +345,7 @@ class BackfillDriver:
             elif isinstance(a, Commit):
                 events += self._commit(own, a)
             elif isinstance(a, Publish):
-                events += self._publish(own, a)
+                events += self._start_publish(own, a)
             elif isinstance(a, Release):
                 self.ledger.release(own, a.unit.run_key, a.token, a.why)
             elif isinstance(a, Fail):
@@ -432,6 +454,38 @@ class BackfillDriver:
             self.crash("after_commit")
         return events
 
+    def _start_publish(self, own: Ownership, a: Publish) -> list[Event]:
+        if not self.opt.publish_in_background:
+            return self._publish(own, a)
+        assert self._in_flight is None, "the core keeps one publish in flight"
+        if self._publisher is None:
+            self._publisher = futures.ThreadPoolExecutor(1, thread_name_prefix="rayorch-publish")
+        self._in_flight = (self._publisher.submit(self._publish, own, a), a)
+        return []
+
+    def _publish_events(self) -> list[Event]:
+        """The Published event of the background publish once it is done (its error, if it
+        failed, raised here: the loop's error handling is the same as for a foreground one)."""
+        if self._in_flight is None or not self._in_flight[0].done():
+            return []
+        fut, _ = self._in_flight
+        self._in_flight = None
+        return fut.result()
+
+    def _join_publish(self) -> frozenset[str]:
+        """Wait for a background publish on the way out; the run keys it published (none if
+        it failed: its error is logged, the one ending the loop is what is raised)."""
+        if self._in_flight is None:
+            return frozenset()
+        fut, a = self._in_flight
+        self._in_flight = None
+        try:
+            fut.result()
+        except BaseException as e:
+            log.warning("a background publish failed: %s", ErrorInfo.of(e).describe())
+            return frozenset()
+        return frozenset(u.run_key for u, _, _ in a.items)
+
     def _publish(self, own: Ownership, a: Publish) -> list[Event]:
         """Ledger commit, THEN table commit: the units of ``a`` are committed (fenced) in the
         ledger; one publish for all of them (one Iceberg commit for every feature partition,
@@ -483,10 +537,13 @@ class BackfillDriver:
                 missing.append(u.run_key)
         return missing
 
-    def _publish_waiting(self, own: Ownership, core: BackfillCore) -> None:
-        """A failing driver that still owns its backfill publishes what it committed (best
-        effort: what it cannot publish, resume rolls forward)."""
-        items = core.waiting_publish()
+    def _publish_waiting(
+        self, own: Ownership, core: BackfillCore, done: frozenset[str] = frozenset()
+    ) -> None:
+        """A failing driver that still owns its backfill publishes what it committed and did
+        not publish yet (``done``: what its last background publish did; best effort: what it
+        cannot publish, resume rolls forward)."""
+        items = [it for it in core.waiting_publish() if it[0].run_key not in done]
         if not items:
             return
         try:

@@ -357,6 +357,10 @@ def duplicate_keys(files: Sequence[str], key_columns: list[str]) -> tuple[tuple[
 def table_duplicate_keys(table: pa.Table, key_columns: list[str]) -> tuple[tuple[str, ...], int]:
     if table.num_rows == 0:
         return (), 0
+    if len(key_columns) == 1:  # the common case: one distinct count, no grouping
+        col = table.column(key_columns[0])
+        if col.null_count == 0 and pc.count_distinct(col).as_py() == table.num_rows:
+            return (), 0
     counts = table.group_by(key_columns).aggregate([([], "count_all")])
     dups = counts.filter(pc.greater(counts.column("count_all"), 1))
     sample = [

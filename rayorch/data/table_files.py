@@ -12,6 +12,7 @@ table's metrics settings), otherwise it reads the footer as pyiceberg's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -129,27 +130,48 @@ def fingerprint(schema: Any, properties: dict[str, str]) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
-def describe(md: Any, table: pa.Table) -> dict[str, Any] | None:
-    """pyiceberg's statistics of a written file, from its footer metadata, as JSON values."""
-    from pyiceberg.io.pyarrow import (
-        compute_statistics_plan,
-        data_file_statistics_from_parquet_metadata,
-        parquet_path_to_id_mapping,
-    )
+@dataclass(frozen=True, slots=True)
+class _StatsPlan:
+    """What describing a file of one arrow schema needs, computed once per schema."""
+
+    fingerprint: str
+    stats_columns: Any
+    column_mapping: Any
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_plan(arrow: pa.Schema) -> _StatsPlan | None:
+    from pyiceberg.io.pyarrow import compute_statistics_plan, parquet_path_to_id_mapping
 
     try:
-        schema = iceberg_schema(table.schema)
+        schema = iceberg_schema(arrow)
     except (ValueError, TypeError, NotImplementedError):  # no Iceberg form: publish reads it
+        return None
+    return _StatsPlan(
+        fingerprint(schema, TABLE_PROPERTIES),
+        compute_statistics_plan(schema, TABLE_PROPERTIES),
+        parquet_path_to_id_mapping(schema),
+    )
+
+
+def describe(md: Any, table: pa.Table) -> dict[str, Any] | None:
+    """pyiceberg's statistics of a written file, from its footer metadata, as JSON values.
+    The schema conversion and statistics plan are cached per arrow schema (every partition
+    of a step has the same one)."""
+    from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
+
+    plan = _stats_plan(table.schema)
+    if plan is None:
         return None
     stats = data_file_statistics_from_parquet_metadata(
         parquet_metadata=md,
-        stats_columns=compute_statistics_plan(schema, TABLE_PROPERTIES),
-        parquet_column_mapping=parquet_path_to_id_mapping(schema),
+        stats_columns=plan.stats_columns,
+        parquet_column_mapping=plan.column_mapping,
     )
     d = stats.to_serialized_dict()
     counts = ("column_sizes", "value_counts", "null_value_counts", "nan_value_counts")
     return {
-        "schema": fingerprint(schema, TABLE_PROPERTIES),
+        "schema": plan.fingerprint,
         "record_count": d["record_count"],
         **{k: {str(i): int(v) for i, v in d[k].items()} for k in counts},
         **{k: {str(i): v.hex() for i, v in d[k].items()} for k in ("lower_bounds", "upper_bounds")},
