@@ -116,27 +116,14 @@ def test_fingerprint_logged_from_train_worker(trained):
     assert {c["digest"] for c in caps} == {fp["digest"]}
 
 
-def test_reproduce_unchanged_run_matches(trained):
-    from rayorch.lineage.reproduce import check_run, reproduce_run
+def test_check_of_an_unchanged_run_finds_it_the_same(trained):
+    from rayorch.lineage.reproduce import check_run
 
     st, run_a = trained["settings"], trained["run_a"]
     chk = check_run(run_a, st)
     assert chk.same and chk.partitions_checked == 2 and chk.env is not None and chk.env.equal
     assert chk.current_dataset_digest == chk.recorded_dataset_digest
-    doc = reproduce_run(run_a, st)
-    assert doc["reran"] and doc["metrics_match"], doc
-    assert {m["metric"] for m in doc["metrics"]} >= {"train_loss", "val_loss", "val_auc"}
-    new = _client(st).get_run(doc["new_run_id"])
-    assert doc["new_run_id"] != run_a
-    assert new.data.tags["rayorch.reproduces"] == run_a
-    assert new.data.tags["rayorch.reproduce.metrics_match"] == "true"
-    assert new.data.tags["rayorch.env_digest"] == chk.env.a_digest
-    # the unit's own run is still the one found again on resume
-    from rayorch.lineage.tracking import Tracker
-
-    t = Tracker(st.mlflow_uri)
-    exp = t.experiment_id(f"rayorch/{trained['spec'].name}")
-    assert t.find_run(exp, new.data.tags["rayorch.run_key"], 0) == run_a
+    assert chk.env.a_digest == _client(st).get_run(run_a).data.tags["rayorch.env_digest"]
 
 
 def test_env_diff_names_package_version_change(trained):
@@ -200,3 +187,19 @@ def test_reproduce_check_names_changed_partition(trained):
     assert doc["reran"] and doc["inputs_same"] and doc["metrics_match"], doc
     assert doc["snapshot_id"] == int(_client(st).get_run(run_a).data.tags["rayorch.snapshot_id"])
     assert doc["check"]["partitions_changed"][0]["partition"] == str(key)
+    assert {m["metric"] for m in doc["metrics"]} >= {"train_loss", "val_loss", "val_auc"}
+    # the re-run is a new MLflow run that names what it reproduces, in the same environment
+    new = _client(st).get_run(doc["new_run_id"])
+    assert doc["new_run_id"] != run_a
+    assert new.data.tags["rayorch.reproduces"] == run_a
+    assert new.data.tags["rayorch.reproduce.metrics_match"] == "true"
+    assert (
+        new.data.tags["rayorch.env_digest"]
+        == _client(st).get_run(run_a).data.tags["rayorch.env_digest"]
+    )
+    # the unit's own run is still the one found again on resume
+    from rayorch.lineage.tracking import Tracker
+
+    t = Tracker(st.mlflow_uri)
+    exp = t.experiment_id(f"rayorch/{spec.name}")
+    assert t.find_run(exp, new.data.tags["rayorch.run_key"], 0) == run_a

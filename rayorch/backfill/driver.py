@@ -17,7 +17,7 @@ who may write). Table commits are grouped: committed units wait and are publishe
 ``publish_linger_s`` since the oldest, before a unit that reads them starts, before the
 driver ends (success, failure, cancel, SIGTERM). A driver that lost its lease or its
 ownership publishes nothing. A crash while units wait leaves the ledger ahead of the table:
-the next driver's ``_reconcile`` rolls every such unit forward from the ledger (one table
+the next driver's ``Publisher.reconcile`` rolls every such unit forward from the ledger (one table
 commit), the token check keeping a newer live partition.
 
 The shell holds no decisions: each loop it gathers events (work results, claims, scheduler
@@ -31,12 +31,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rayorch.backfill.core import BackfillCore
-from rayorch.backfill.executor import Reconciled, UnitExecutor
+from rayorch.backfill.executor import UnitExecutor
 from rayorch.backfill.lease import DriverLease
 from rayorch.backfill.machine import (
     Action,
@@ -57,7 +56,6 @@ from rayorch.backfill.machine import (
     Notify,
     OnConflict,
     Publish,
-    Published,
     Release,
     ReleaseAll,
     Stop,
@@ -67,10 +65,10 @@ from rayorch.backfill.machine import (
     YieldAsked,
 )
 from rayorch.backfill.plan import BackfillPlan, Unit
+from rayorch.backfill.publisher import PUBLISH_POLL_S, Publisher
 from rayorch.backfill.publishing import (
     DEFAULT_PUBLISH_BATCH,
     DEFAULT_PUBLISH_LINGER_S,
-    Flush,
     PublishPolicy,
 )
 from rayorch.backfill.summary import BackfillSummary, summarize
@@ -86,9 +84,6 @@ if TYPE_CHECKING:
     from rayorch.backfill.scheduled import SchedulerGate
 
 log = logging.getLogger(__name__)
-
-#: How often the loop looks for a background publish's end while work results come in.
-PUBLISH_POLL_S = 0.05
 
 __all__ = ["BackfillDriver", "BackfillSummary", "DriverOptions", "OnConflict", "ProgressFn"]
 
@@ -160,10 +155,14 @@ class BackfillDriver:
         self._generation: dict[str, int] = {}
         self._outputs: dict[str, dict[str, Any]] = {}
         self._progress_rows: dict[str, dict[str, Any]] = {}
-        self._done_at_start: set[str] = set()  # DONE when this run began, reconciled then
-        self._invalidated: list[str] = []
-        self._publisher: futures.ThreadPoolExecutor | None = None
-        self._in_flight: tuple[futures.Future[list[Event]], Publish] | None = None
+        self.publisher = Publisher(
+            ledger,
+            executor,
+            self._outputs,
+            lambda event, unit, detail: self.progress(event, unit, detail),
+            lambda point: self.crash(point),
+            background=options.publish_in_background,
+        )
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> BackfillSummary:
@@ -196,11 +195,7 @@ class BackfillDriver:
         )
         rows = ledger.get_units(u.run_key for u in plan.units)
         self._generation = {k: (r.committed_token or 0) for k, r in rows.items()}
-        reconciled, invalidated = self._reconcile(own, rows)
-        self._done_at_start = {
-            k for k, r in rows.items() if r.state.value == "DONE" and k not in invalidated
-        }
-        self._invalidated = invalidated
+        reconciled, invalidated = self.publisher.reconcile(own, plan.units, rows)
         core = BackfillCore(
             plan.units,
             CoreConfig(
@@ -223,7 +218,7 @@ class BackfillDriver:
             while True:
                 now = self.clock()
                 lease.maybe_beat(now)
-                events += self._publish_events()
+                events += self.publisher.events()
                 events += self._control_events(lease, stops)
                 if self.gate is not None and lease.lost is None:
                     self.gate.heartbeat()  # renews this driver's admissions (rate-limited)
@@ -237,23 +232,21 @@ class BackfillDriver:
                 events = self._wait_for_work(core, now)
         except OwnershipLostError as e:
             self._abandon()
-            self._join_publish()
+            self.publisher.join()
             core.step(self.clock(), [Stop(StopReason.OWNERSHIP_LOST, e.message)])
             return self._finish(own, core, opened, started, reconciled, invalidated, write=False)
         except (Exception, KeyboardInterrupt):  # anything else (a kill) leaves it to the lease
             self._abandon()
-            done = self._join_publish()
+            done = self.publisher.join()
             try:
                 ledger.release_all(own, "driver stopped by an error")  # fenced: still the owner
-                self._publish_waiting(own, core, done)
+                self.publisher.publish_waiting(own, core, done)
                 ledger.finish_backfill(own, BackfillState.FAILED, {"error": "driver error"})
             except Exception as e:  # the ledger is what failed, or another owner took over
                 log.warning("could not record the driver's failure: %s", ErrorInfo.of(e).describe())
             raise
         finally:
-            if self._publisher is not None:
-                self._publisher.shutdown(wait=True)
-                self._publisher = None
+            self.publisher.close()
         return self._finish(
             own, core, opened, started, reconciled, invalidated, write=lease.lost is None
         )
@@ -275,7 +268,7 @@ class BackfillDriver:
             core,
             self._outputs,
             reconciled=reconciled,
-            invalidated=self._invalidated,
+            invalidated=self.publisher.invalidated,
             wall_s=self.clock() - started,
             now=self.clock(),
         )
@@ -307,9 +300,9 @@ class BackfillDriver:
         )
         if self._admitting and self.gate is not None:
             timeout = min(timeout, self.gate.poll_s)
-        if self._in_flight is not None:
+        if self.publisher.busy:
             if not self._handles:  # nothing else to wait for: the publish ends the wait
-                futures.wait([self._in_flight[0]], timeout=max(timeout, 0.05))
+                self.publisher.wait(max(timeout, PUBLISH_POLL_S))
                 return []
             timeout = min(timeout, PUBLISH_POLL_S)  # work results, or the publish soon after
         if not self._handles:
@@ -345,7 +338,7 @@ class BackfillDriver:
             elif isinstance(a, Commit):
                 events += self._commit(own, a)
             elif isinstance(a, Publish):
-                events += self._start_publish(own, a)
+                events += self.publisher.start(own, a)
             elif isinstance(a, Release):
                 self.ledger.release(own, a.unit.run_key, a.token, a.why)
             elif isinstance(a, Fail):
@@ -453,131 +446,6 @@ class BackfillDriver:
             # publishing, the commits of earlier turns still waiting): resume rolls them forward.
             self.crash("after_commit")
         return events
-
-    def _start_publish(self, own: Ownership, a: Publish) -> list[Event]:
-        if not self.opt.publish_in_background:
-            return self._publish(own, a)
-        assert self._in_flight is None, "the core keeps one publish in flight"
-        if self._publisher is None:
-            self._publisher = futures.ThreadPoolExecutor(1, thread_name_prefix="rayorch-publish")
-        self._in_flight = (self._publisher.submit(self._publish, own, a), a)
-        return []
-
-    def _publish_events(self) -> list[Event]:
-        """The Published event of the background publish once it is done (its error, if it
-        failed, raised here: the loop's error handling is the same as for a foreground one)."""
-        if self._in_flight is None or not self._in_flight[0].done():
-            return []
-        fut, _ = self._in_flight
-        self._in_flight = None
-        return fut.result()
-
-    def _join_publish(self) -> frozenset[str]:
-        """Wait for a background publish on the way out; the run keys it published (none if
-        it failed: its error is logged, the one ending the loop is what is raised)."""
-        if self._in_flight is None:
-            return frozenset()
-        fut, a = self._in_flight
-        self._in_flight = None
-        try:
-            fut.result()
-        except BaseException as e:
-            log.warning("a background publish failed: %s", ErrorInfo.of(e).describe())
-            return frozenset()
-        return frozenset(u.run_key for u, _, _ in a.items)
-
-    def _publish(self, own: Ownership, a: Publish) -> list[Event]:
-        """Ledger commit, THEN table commit: the units of ``a`` are committed (fenced) in the
-        ledger; one publish for all of them (one Iceberg commit for every feature partition,
-        skipping any token older than the live one), then ONE ledger transaction records
-        what it produced per unit (snapshot id, model version)."""
-        items = list(a.items)
-        amends: list[tuple[str, int, dict[str, Any]]] = []
-        extras = self.executor.publish_many(items) if items else []
-        for (unit, token, _), extra in zip(items, extras, strict=True):
-            if extra:
-                amends.append((unit.run_key, token, extra))
-                self._outputs[unit.run_key] = {**self._outputs.get(unit.run_key, {}), **extra}
-        missing = self._verify(own, a.verify, amends)
-        if amends:
-            self.ledger.amend_outputs(own, amends)
-        self.crash("after_publish")
-        keys = (*(u.run_key for u, _, _ in items), *(u.run_key for u in a.verify))
-        self.progress(
-            "published",
-            None,
-            {"units": len(items), "verified": len(a.verify), "why": a.reason.name},
-        )
-        return [Published(keys, tuple(missing))]
-
-    def _verify(
-        self, own: Ownership, units: tuple[Unit, ...], amends: list[tuple[str, int, dict[str, Any]]]
-    ) -> list[str]:
-        """Units found ALREADY_DONE during this run that a ready dependent reads: another
-        driver committed them and may not have published yet (it groups its publishes too).
-        The ledger has their committed output: roll it forward if the table lacks it (token
-        checked, idempotent), so the dependent's snapshot has them. Returns those gone."""
-        todo = [u for u in units if u.run_key not in self._done_at_start]
-        if not todo:
-            return []
-        rows = self.ledger.get_units(u.run_key for u in todo)
-        done = [
-            (u, rows[u.run_key].committed_token or 0, rows[u.run_key].output)
-            for u in todo
-            if u.run_key in rows and rows[u.run_key].committed_token
-        ]
-        missing = []
-        for (u, token, _), got in zip(done, self.executor.reconcile_many(done), strict=True):
-            if got.outcome is Reconciled.Outcome.ROLLED_FORWARD and got.extra:
-                amends.append((u.run_key, token, got.extra))
-            elif got.outcome is Reconciled.Outcome.MISSING:
-                self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
-                self._invalidated.append(u.run_key)
-                self.progress("invalidated", u, {"detail": got.why})
-                missing.append(u.run_key)
-        return missing
-
-    def _publish_waiting(
-        self, own: Ownership, core: BackfillCore, done: frozenset[str] = frozenset()
-    ) -> None:
-        """A failing driver that still owns its backfill publishes what it committed and did
-        not publish yet (``done``: what its last background publish did; best effort: what it
-        cannot publish, resume rolls forward)."""
-        items = [it for it in core.waiting_publish() if it[0].run_key not in done]
-        if not items:
-            return
-        try:
-            self._publish(own, Publish(tuple(items), (), Flush.ENDING))  # type: ignore[arg-type]
-        except Exception as e:
-            log.warning(
-                "could not publish %d committed unit(s) on the way out (resume rolls them "
-                "forward): %s",
-                len(items),
-                ErrorInfo.of(e).describe(),
-            )
-
-    def _reconcile(self, own: Ownership, rows: dict[str, Any]) -> tuple[list[str], list[str]]:
-        """Roll forward publishes a crash interrupted; re-run committed units whose output is
-        gone (a resume never wedges on them)."""
-        reconciled, invalidated = [], []
-        done = []
-        for u in self.plan.units:
-            row = rows.get(u.run_key)
-            if row is not None and row.state.value == "DONE":
-                done.append((u, row.committed_token or 0, row.output))
-        amends = []
-        for (u, token, _), got in zip(done, self.executor.reconcile_many(done), strict=True):
-            if got.outcome is Reconciled.Outcome.ROLLED_FORWARD:
-                reconciled.append(u.run_key)
-                if got.extra:
-                    amends.append((u.run_key, token, got.extra))
-            elif got.outcome is Reconciled.Outcome.MISSING:
-                self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
-                invalidated.append(u.run_key)
-                self.progress("invalidated", u, {"detail": got.why})
-        if amends:
-            self.ledger.amend_outputs(own, amends)  # one transaction for every roll-forward
-        return reconciled, invalidated
 
     # -- the scheduler (see rayorch/backfill/scheduled.py) -----------------------------------
     def _gate_events(self, core: BackfillCore) -> list[Event]:
