@@ -138,7 +138,7 @@ def main() -> dict:
     from mlflow.tracking import MlflowClient
 
     from rayorch.api import generate_data, open_ledger, run_backfill
-    from rayorch.scheduling.controller import get_scheduler
+    from rayorch.scheduling.client import get_scheduler
     from rayorch.scheduling.model import Request
     from rayorch.scheduling.quota import ClusterSpec, NamespaceQuota, PriorityClass
     from rayorch.scheduling.shapes import JobShape

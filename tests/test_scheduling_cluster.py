@@ -128,7 +128,7 @@ def main() -> dict:
     import ray
     from ray.util.placement_group import placement_group_table
 
-    from rayorch.scheduling.controller import get_scheduler, run_in_placement_group
+    from rayorch.scheduling.client import get_scheduler, run_in_placement_group
     from rayorch.scheduling.inventory import read_nodes
     from rayorch.scheduling.model import Request
     from rayorch.scheduling.quota import ClusterSpec, NamespaceQuota, PriorityClass

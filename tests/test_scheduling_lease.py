@@ -56,7 +56,7 @@ def test_restarted_scheduler_rebuilds_from_the_database(scenario):
 # --- the scenario (runs in the subprocess) ---------------------------------------------------
 DRIVER = """
 import sys, time, ray
-from rayorch.scheduling.controller import get_scheduler
+from rayorch.scheduling.client import get_scheduler
 from rayorch.scheduling.model import Request
 from rayorch.scheduling.quota import ClusterSpec
 from rayorch.scheduling.shapes import parse_job_shape
@@ -77,7 +77,7 @@ while True:
 def main() -> dict:
     import ray
 
-    from rayorch.scheduling.controller import get_scheduler
+    from rayorch.scheduling.client import get_scheduler
     from rayorch.scheduling.model import Request
     from rayorch.scheduling.quota import ClusterSpec, NamespaceQuota, PriorityClass
     from rayorch.scheduling.shapes import parse_job_shape

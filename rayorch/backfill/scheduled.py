@@ -69,7 +69,8 @@ class SchedulerGate:
         db_url: str | None = None,
         lease_s: float | None = None,
     ) -> None:
-        from rayorch.scheduling.controller import DEFAULT_LEASE_S, get_scheduler
+        from rayorch.scheduling.client import get_scheduler
+        from rayorch.scheduling.controller import DEFAULT_LEASE_S
         from rayorch.settings import load_settings
 
         self.cluster = cluster

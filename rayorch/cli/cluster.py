@@ -18,7 +18,7 @@ ClusterOpt = typer.Option("configs/cluster.yaml", "--cluster", help="Quotas and 
 @app.command("status")
 def status(address: str | None = AddressOpt, as_json: bool = JsonOpt) -> None:
     """Per node free/used GPUs, queued shapes, stranded GPUs and reshape suggestions."""
-    from rayorch.scheduling.controller import live_status
+    from rayorch.scheduling.client import live_status
 
     with cli_errors(as_json):
         report = live_status(address)

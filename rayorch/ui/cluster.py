@@ -68,11 +68,8 @@ def read_cluster(address: str | None = None) -> dict[str, Any]:
     try:
         import ray
 
-        from rayorch.scheduling.controller import (
-            SCHEDULER_NAME,
-            SCHEDULER_NAMESPACE,
-            live_status,
-        )
+        from rayorch.scheduling.client import live_status
+        from rayorch.scheduling.controller import SCHEDULER_NAME, SCHEDULER_NAMESPACE
 
         report = live_status(address)
         events: list[dict[str, Any]] = []
