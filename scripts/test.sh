@@ -20,4 +20,7 @@ fi
 start=$(date +%s)
 python -m pytest -q -p no:cacheprovider -m "not e2e" --durations=15
 echo "core suite took $(( $(date +%s) - start ))s; now the end-to-end set"
-python -m pytest -q -p no:cacheprovider -m e2e --durations=10
+# Two workers (pytest-xdist): the `rayorch dev up` topology tests are one group on one worker
+# (its own Ray nodes, S3, MLflow server); the notebooks, browser and mlflow-server tests run on
+# the other, beside it.
+python -m pytest -q -p no:cacheprovider -p no:benchmark -m e2e -n 2 --dist loadgroup --durations=10

@@ -153,12 +153,23 @@ def _submit(env: dict[str, str], day: str) -> str:
     return sid
 
 
-def _wait_until(pred, what: str, timeout: float = JOB_TIMEOUT_S, every: float = 0.5):
+def _wait_until(pred, what: str, timeout: float = JOB_TIMEOUT_S, every: float = 0.5,
+                job: tuple | None = None):  # fmt: skip
+    """Poll ``pred`` until it is truthy. With ``job`` (client, submission id), fail at once,
+    with the job's logs, if the job ends first: the wait is for something it should do."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
+        if job is not None:
+            client, sid = job
+            status = client.get_job_status(sid).value
+            if status in ("SUCCEEDED", "FAILED", "STOPPED") and not (got := pred()):
+                pytest.fail(f"job {sid} ended {status} before {what}:\n"
+                            + client.get_job_logs(sid)[-4000:])  # fmt: skip
+            if got:
+                return got
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -270,7 +281,9 @@ def test_job_submit_runs_the_backfill_across_the_nodes_and_survives_a_lost_node(
     workers = {s["pid"]: s["name"] for s in state["services"] if s["name"].startswith("ray-w")}
     s3 = _s3(env)
     sid = _submit(env, DAY_A)
-    first = _wait_until(lambda: _checkpoints(s3, DAY_A), "the first training checkpoint")
+    first = _wait_until(
+        lambda: _checkpoints(s3, DAY_A), "the first training checkpoint", job=(client, sid)
+    )
 
     def train_worker():
         for a in list_actors(address=urls["ray-head"], filters=[("state", "=", "ALIVE")]):
@@ -278,7 +291,7 @@ def test_job_submit_runs_the_backfill_across_the_nodes_and_survives_a_lost_node(
                 return a
         return None
 
-    actor = _wait_until(train_worker, "the training worker actor")
+    actor = _wait_until(train_worker, "the training worker actor", job=(client, sid))
     raylet = psutil.Process(actor.pid).parent()
     assert raylet.name() == "raylet"
     node = workers[os.getpgid(raylet.pid)]  # a worker node: the head takes no work
@@ -332,13 +345,16 @@ def test_a_stopped_then_killed_driver_is_resumed_by_resubmitting_the_same_job(to
     env, client = topo["env"], topo["client"]
     s3 = _s3(env)
     sid = _submit(env, DAY_B)
-    _wait_until(lambda: _checkpoints(s3, DAY_B), "a checkpoint of window B")
+    _wait_until(lambda: _checkpoints(s3, DAY_B), "a checkpoint of window B", job=(client, sid))
     _ray_job(env, "stop", sid, timeout=180)
     assert _finished(client, sid) == "STOPPED"
     seen = _checkpoints(s3, DAY_B)
     sid2 = _submit(env, DAY_B)
-    _wait_until(lambda: _checkpoints(s3, DAY_B) - seen, "a checkpoint after the resubmission")
-    pid = _wait_until(lambda: client.get_job_info(sid2).driver_info or None, "driver").pid
+    _wait_until(lambda: _checkpoints(s3, DAY_B) - seen, "a checkpoint after the resubmission",
+                job=(client, sid2))  # fmt: skip
+    pid = _wait_until(
+        lambda: client.get_job_info(sid2).driver_info or None, "driver", job=(client, sid2)
+    ).pid
     os.kill(int(pid), signal.SIGKILL)
     assert _finished(client, sid2) == "FAILED"
     seen2 = _checkpoints(s3, DAY_B)
