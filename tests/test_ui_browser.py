@@ -114,9 +114,13 @@ def test_cancel_through_the_page(ray_session, tmp_path, settings, page):
     result: dict[str, object] = {}
 
     def drive() -> None:
-        result["summary"] = rayorch.run_backfill(
-            cfg, DAY, DAY, keys, "features", max_concurrency=1, lease_s=3.0
-        )
+        try:
+            result["summary"] = rayorch.run_backfill(
+                cfg, DAY, DAY, keys, "features", max_concurrency=1, lease_s=3.0
+            )
+        except BaseException as e:  # reported below, instead of a bare selector timeout
+            result["error"] = e
+            raise
 
     worker = threading.Thread(target=drive, daemon=True)
     worker.start()
@@ -124,7 +128,11 @@ def test_cancel_through_the_page(ray_session, tmp_path, settings, page):
     try:
         with BackgroundServer(UIConfig(settings, allow_actions=True, refresh_s=0.5)) as url:
             page.goto(f"{url}/backfills")
-            page.wait_for_selector("tr[data-id] a", timeout=60_000)
+            try:
+                page.wait_for_selector("tr[data-id] a", timeout=60_000)
+            except Exception:
+                pytest.fail(f"no backfill on the page; driver: {result}, ledger: "
+                            f"{[(b.id, b.state) for b in ledger.list_backfills()]}")  # fmt: skip
             page.click("tr[data-id] a")
             page.wait_for_selector("a.cell.s-running, a.cell.s-done", timeout=60_000)
             bf_id = page.get_attribute("body", "data-backfill")
