@@ -217,6 +217,14 @@ def test_plan_summary_counts_every_unit(fraud_spec):
     assert grid_chars >= len(plan.units)
 
 
+def test_an_empty_list_reloads_until_a_backfill_appears(settings):
+    """A page opened before the first backfill starts must show it without a manual reload."""
+    c = TestClient(create_app(UIConfig(settings)))
+    page = c.get("/backfills").text
+    assert "No backfills in the ledger yet" in page
+    assert 'data-reload="1"' in page
+
+
 def test_api_lists_backfills_and_every_unit_state(big, settings):
     _, sb = big
     c = TestClient(create_app(UIConfig(settings)))
