@@ -20,11 +20,12 @@
 
 ``--s3`` runs against a moto S3 server on 127.0.0.1 started here (the test fixture's server).
 
-Measured (2 cores shared with other sessions' test runs; docs/tables.md has the table):
-local, 8 in flight, grouped: 18.99 s vs 2.51 s = 7.6x with 11 table commits (before
-grouping: 478.8 s vs 1.74 s = 275x with 673); moto S3: 130.7 s vs 189.4 s = 0.69x with 24
-(one run). Local target not met: what is left is the
-per-turn ledger claim and commit transactions and the stager pool drained every turn.
+Measured on the 2-core machine, quiet (load < 1; docs/tables.md has the table): local, 8 in
+flight, grouped, table commits on the driver's background thread: 4.49 s vs 1.02 s = 4.4x
+with 11 table commits (the code before, same machine and day: 5.86 s vs 1.14 s = 5.1x;
+before grouping, loaded: 478.8 s vs 1.74 s = 275x with 673); moto S3 (earlier, loaded):
+130.7 s vs 189.4 s = 0.69x with 24. Local target not met: what is left is CPU (the
+per-turn ledger transactions, the table commits, the stagers) on two cores.
 """
 
 from __future__ import annotations
