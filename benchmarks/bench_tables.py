@@ -5,8 +5,8 @@
 
 1. Publish: 2,700 partitions (30 keys x 90 days) through the backfill driver itself
    (BackfillDriver over a plan of one feature unit per partition): the plan persisted in the
-   ledger, fenced claims within the concurrency limit (default: the driver's, max(8, 2 x
-   CPUs)), staging in worker processes (a Ray task's place: unique-key check, writing the
+   ledger, fenced claims within the concurrency limit (default: the driver's, 2 per CPU, at
+   least 16), staging in worker processes (a Ray task's place: unique-key check, writing the
    data file, describing it for Iceberg), a fenced ledger commit per loop turn, table
    commits grouped by the driver (``--publish-batch``, ``--publish-linger-s``; 1 and 0 give
    a table commit per turn) and one ledger transaction per publish recording the snapshot
@@ -202,6 +202,8 @@ def drive(table, ledger, keys, pool, args) -> dict:
 
 
 def main() -> None:
+    from rayorch.backfill.driver import default_concurrency
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=30)
     ap.add_argument("--days", type=int, default=90)
@@ -210,8 +212,8 @@ def main() -> None:
     ap.add_argument(
         "--concurrency",
         type=int,
-        default=max(8, 2 * cpus),
-        help="units in flight (the driver's default: max(8, 2 x cluster CPUs))",
+        default=default_concurrency(cpus),
+        help="units in flight (the driver's default: 2 per cluster CPU, at least 16)",
     )
     ap.add_argument("--max-batch", type=int, default=65, help="units per publish in --ray-read")
     ap.add_argument(

@@ -354,3 +354,10 @@ def test_stale_units_rerun_exactly(world):
     s = d2.run()
     assert s.ok and s.counts()["done"] == 2
     assert stale_units(plan, ledger.get_units(stale), v2) == {}
+
+
+@pytest.mark.parametrize(("cpus", "want"), [(None, 16), (2, 16), (8, 16), (64, 128), (0.5, 16)])
+def test_default_concurrency_is_two_per_cpu_at_least_sixteen(cpus, want):
+    from rayorch.backfill.driver import default_concurrency
+
+    assert default_concurrency(cpus) == want

@@ -113,6 +113,18 @@ class DriverOptions:
 ProgressFn = Callable[[str, Unit | None, dict[str, Any]], None]
 
 
+#: The fewest units in flight by default. Each loop turn costs the driver a few milliseconds
+#: (a fenced claim and a fenced commit transaction), so the queue must hold more work than
+#: the workers finish in that time, or they idle between turns: with small feature units on
+#: a 2-CPU machine, 16 in flight publish 2,700 partitions 14 % faster than 8 (docs/tables.md).
+MIN_DEFAULT_CONCURRENCY = 16
+
+
+def default_concurrency(cluster_cpus: float | None) -> int:
+    """Units in flight when ``max_concurrency`` is not set: 2 per cluster CPU, at least 16."""
+    return max(MIN_DEFAULT_CONCURRENCY, int(2 * (cluster_cpus or 4)))
+
+
 def _quiet(event: str, unit: Unit | None, detail: dict[str, Any]) -> None:
     return None
 
@@ -137,7 +149,7 @@ class BackfillDriver:
     ) -> None:
         self.plan, self.ledger, self.executor, self.opt = plan, ledger, executor, options
         self.progress = progress or _quiet
-        self.max_conc = options.max_concurrency or max(8, int(2 * (cluster_cpus or 4)))
+        self.max_conc = options.max_concurrency or default_concurrency(cluster_cpus)
         self.gate = gate
         self.clock = clock
         self.sleep = sleep

@@ -170,7 +170,9 @@ def backfill(
     end: str | None = typer.Option(None, "--end", help="Last day, inclusive."),
     keys: str | None = KeysOpt,
     steps: str | None = StepsOpt,
-    max_concurrency: int | None = typer.Option(None, help="Units in flight at once."),
+    max_concurrency: int | None = typer.Option(
+        None, help="Units in flight at once (default: 2 per cluster CPU, at least 16)."
+    ),
     reprocess: Reprocess = ReprocessOpt,
     on_conflict: OnConflict = typer.Option(
         OnConflict.WAIT,
