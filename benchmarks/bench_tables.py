@@ -20,12 +20,13 @@
 
 ``--s3`` runs against a moto S3 server on 127.0.0.1 started here (the test fixture's server).
 
-Measured on the 2-core machine, quiet (load < 1; docs/tables.md has the table): local, 8 in
-flight, grouped, table commits on the driver's background thread: 4.49 s vs 1.02 s = 4.4x
-with 11 table commits (the code before, same machine and day: 5.86 s vs 1.14 s = 5.1x;
-before grouping, loaded: 478.8 s vs 1.74 s = 275x with 673); moto S3 (earlier, loaded):
-130.7 s vs 189.4 s = 0.69x with 24. Local target not met: what is left is CPU (the
-per-turn ledger transactions, the table commits, the stagers) on two cores.
+Measured on the 2-core machine, quiet (load < 1; docs/tables.md has the table): local, 16
+in flight (the driver's default), grouped, table commits on the driver's background thread:
+3.70 s vs 1.00 s = 3.7x with 11 table commits (8 in flight: 4.49 s vs 1.02 s = 4.4x; the
+code before, same machine and day: 5.86 s vs 1.14 s = 5.1x; before grouping, loaded:
+478.8 s vs 1.74 s = 275x with 673); moto S3 (earlier, loaded): 130.7 s vs 189.4 s = 0.69x
+with 24. Local target not met: what is left is CPU (the per-turn ledger transactions, the
+table commits, the stagers) on two cores.
 """
 
 from __future__ import annotations
