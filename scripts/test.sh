@@ -20,7 +20,6 @@ fi
 start=$(date +%s)
 python -m pytest -q -p no:cacheprovider -m "not e2e" --durations=15
 echo "core suite took $(( $(date +%s) - start ))s; now the end-to-end set"
-# Two workers (pytest-xdist): the `rayorch dev up` topology tests are one group on one worker
-# (its own Ray nodes, S3, MLflow server); the notebooks, browser and mlflow-server tests run on
-# the other, beside it.
-python -m pytest -q -p no:cacheprovider -p no:benchmark -m e2e -n 2 --dist loadgroup --durations=10
+# One after the other, not on parallel workers: the topology tests kill a node and a driver
+# mid-training, and beside another Ray on 2 cores they lost that race (1 of 3 runs tried).
+python -m pytest -q -p no:cacheprovider -m e2e --durations=10

@@ -22,9 +22,7 @@ import pytest
 from rayorch.dev.run import alive, group_alive
 
 REPO = Path(__file__).resolve().parents[1]
-# Its own worker under `pytest -n 2 --dist loadgroup` (scripts/test.sh): the topology is one
-# group; the rest of the end-to-end set runs beside it.
-pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.xdist_group("topology")]
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
 
 def _cli(
