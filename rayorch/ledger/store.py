@@ -15,10 +15,12 @@ with the backfill, never by a client's wall clock or a newcomer's own ``--lease`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from rayorch.errors import (
     InfrastructureError,
@@ -27,7 +29,7 @@ from rayorch.errors import (
 )
 from rayorch.ledger.backfills import DEFAULT_LEASE_S, BackfillsMixin
 from rayorch.ledger.claims import ClaimsMixin, _sql_message
-from rayorch.ledger.engine import _make_engine
+from rayorch.ledger.engine import _is_transient, _make_engine
 from rayorch.ledger.liveness import observe as observe_owner
 from rayorch.ledger.owners import Observation, OwnerInfo
 from rayorch.ledger.rows import (
@@ -62,6 +64,7 @@ __all__ = [
 ]
 
 _INIT_LOCK_KEY = 0x7261796F  # pg_advisory_xact_lock key serializing schema creation
+_INIT_ATTEMPTS = 20  # transient "database is locked" on a fresh SQLite file (~30 s)
 
 Observer = Callable[[OwnerInfo], Observation]
 
@@ -88,7 +91,23 @@ class Ledger(BackfillsMixin, ClaimsMixin):
     # -- plumbing ---------------------------------------------------------------------------
     def _init_schema(self) -> None:
         """Create or migrate the schema, serialized across processes (first use of a fresh
-        home by many processes at once): SQLite's write lock, PostgreSQL's advisory lock."""
+        home by many processes at once): SQLite's write lock, PostgreSQL's advisory lock.
+
+        SQLite can answer "database is locked" at once, without waiting out the busy timeout
+        (switching a brand-new file to WAL while another process does the same): that is
+        retried with backoff, for up to about half a minute, before it is an error."""
+        for attempt in range(_INIT_ATTEMPTS):
+            try:
+                self._init_schema_once()
+                return
+            except InfrastructureError as e:
+                cause = e.__cause__
+                last = attempt == _INIT_ATTEMPTS - 1
+                if last or not isinstance(cause, OperationalError) or not _is_transient(cause):
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+
+    def _init_schema_once(self) -> None:
         try:
             with self.tx() as c:
                 if self._pg:
