@@ -7,18 +7,16 @@ what publishing produced (snapshot id, model version).
 Everything the driver knows is in the ledger; a new driver resumes from there, and a dead
 driver on this host is found dead at once (process identity), elsewhere after its lease.
 
-Table commits run on a background thread (one at a time: the core keeps one Publish in
-flight), so staging, claims and ledger commits go on while pyiceberg writes metadata; the
-Published event enters the loop when it is done, and the driver never ends, nor publishes
-on the way out, before it is. Ledger commits happen every loop turn (one fenced transaction per turn: the ledger decides
+Ledger commits happen every loop turn (one fenced transaction per turn: the ledger decides
 who may write). Table commits are grouped: committed units wait and are published together
 (one Iceberg commit, one ledger transaction recording their snapshot) when
 :func:`rayorch.backfill.publishing.decide_flush` says so - ``publish_batch`` units waiting,
 ``publish_linger_s`` since the oldest, before a unit that reads them starts, before the
 driver ends (success, failure, cancel, SIGTERM). A driver that lost its lease or its
-ownership publishes nothing. A crash while units wait leaves the ledger ahead of the table:
-the next driver's ``Publisher.reconcile`` rolls every such unit forward from the ledger (one table
-commit), the token check keeping a newer live partition.
+ownership publishes nothing. Publishing itself is :mod:`rayorch.backfill.publisher` (on a
+background thread by default). A crash while units wait leaves the ledger ahead of the table:
+the next driver's ``Publisher.reconcile`` rolls every such unit forward from the ledger (one
+table commit), the token check keeping a newer live partition.
 
 The shell holds no decisions: each loop it gathers events (work results, claims, scheduler
 answers, heartbeat and cancel state), calls ``core.step(now, events)`` and performs the
@@ -171,8 +169,8 @@ class BackfillDriver:
             ledger,
             executor,
             self._outputs,
-            lambda event, unit, detail: self.progress(event, unit, detail),
-            lambda point: self.crash(point),
+            lambda event, unit, detail: self.progress(event, unit, detail),  # late: reassignable
+            crash,
             background=options.publish_in_background,
         )
 

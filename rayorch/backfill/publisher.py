@@ -155,9 +155,8 @@ class Publisher:
             if got.outcome is Reconciled.Outcome.ROLLED_FORWARD and got.extra:
                 amends.append((u.run_key, token, got.extra))
             elif got.outcome is Reconciled.Outcome.MISSING:
-                self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
+                self._invalidate(own, u, got.why)
                 self.invalidated.append(u.run_key)
-                self.progress("invalidated", u, {"detail": got.why})
                 missing.append(u.run_key)
         return missing
 
@@ -198,9 +197,8 @@ class Publisher:
                 if got.extra:
                     amends.append((u.run_key, token, got.extra))
             elif got.outcome is Reconciled.Outcome.MISSING:
-                self.ledger.invalidate(own, u.run_key, f"committed output missing: {got.why}")
+                self._invalidate(own, u, got.why)
                 invalidated.append(u.run_key)
-                self.progress("invalidated", u, {"detail": got.why})
         if amends:
             self.ledger.amend_outputs(own, amends)  # one transaction for every roll-forward
         self.done_at_start = {
@@ -208,3 +206,8 @@ class Publisher:
         }
         self.invalidated = list(invalidated)
         return reconciled, invalidated
+
+    def _invalidate(self, own: Ownership, unit: Unit, why: str) -> None:
+        """A committed unit whose output is gone: re-run it (a resume never wedges on it)."""
+        self.ledger.invalidate(own, unit.run_key, f"committed output missing: {why}")
+        self.progress("invalidated", unit, {"detail": why})

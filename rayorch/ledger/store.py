@@ -96,50 +96,15 @@ class Ledger(BackfillsMixin, ClaimsMixin):
         SQLite can answer "database is locked" at once, without waiting out the busy timeout
         (switching a brand-new file to WAL while another process does the same): that is
         retried with backoff, for up to about half a minute, before it is an error."""
-        for attempt in range(_INIT_ATTEMPTS):
-            try:
-                self._init_schema_once()
-                return
-            except InfrastructureError as e:
-                cause = e.__cause__
-                last = attempt == _INIT_ATTEMPTS - 1
-                if last or not isinstance(cause, OperationalError) or not _is_transient(cause):
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-
-    def _init_schema_once(self) -> None:
         try:
-            with self.tx() as c:
-                if self._pg:
-                    c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INIT_LOCK_KEY})
-                metadata.create_all(c, checkfirst=True)
-                found = c.execute(
-                    select(meta_table.c.value).where(meta_table.c.key == "schema_version")
-                ).scalar()
-                if found is None:
-                    c.execute(
-                        insert(meta_table).values(
-                            key="schema_version", value=str(LEDGER_SCHEMA_VERSION)
-                        )
-                    )
+            for attempt in range(_INIT_ATTEMPTS):
+                try:
+                    self._init_schema_once()
                     return
-                version = int(found)
-                if version > LEDGER_SCHEMA_VERSION:
-                    raise InfrastructureError(
-                        f"ledger {self.url} has schema version {version}, newer than this "
-                        f"rayorch ({LEDGER_SCHEMA_VERSION}); upgrade rayorch or point "
-                        "RAYORCH_DB_URL at another database.",
-                        url=self.url,
-                    )
-                while version < LEDGER_SCHEMA_VERSION:
-                    for ddl in MIGRATIONS[version]:
-                        c.execute(text(ddl))
-                    version += 1
-                c.execute(
-                    update(meta_table)
-                    .where(meta_table.c.key == "schema_version")
-                    .values(value=str(version))
-                )
+                except OperationalError as e:
+                    if attempt == _INIT_ATTEMPTS - 1 or not _is_transient(e):
+                        raise
+                    time.sleep(min(2.0, 0.05 * 2**attempt))
         except InfrastructureError:
             raise
         except Exception as e:
@@ -148,6 +113,39 @@ class Ledger(BackfillsMixin, ClaimsMixin):
                 "Check RAYORCH_DB_URL.",
                 url=self.url,
             ) from e
+
+    def _init_schema_once(self) -> None:
+        with self.tx() as c:
+            if self._pg:
+                c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INIT_LOCK_KEY})
+            metadata.create_all(c, checkfirst=True)
+            found = c.execute(
+                select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).scalar()
+            if found is None:
+                c.execute(
+                    insert(meta_table).values(
+                        key="schema_version", value=str(LEDGER_SCHEMA_VERSION)
+                    )
+                )
+                return
+            version = int(found)
+            if version > LEDGER_SCHEMA_VERSION:
+                raise InfrastructureError(
+                    f"ledger {self.url} has schema version {version}, newer than this "
+                    f"rayorch ({LEDGER_SCHEMA_VERSION}); upgrade rayorch or point "
+                    "RAYORCH_DB_URL at another database.",
+                    url=self.url,
+                )
+            while version < LEDGER_SCHEMA_VERSION:
+                for ddl in MIGRATIONS[version]:
+                    c.execute(text(ddl))
+                version += 1
+            c.execute(
+                update(meta_table)
+                .where(meta_table.c.key == "schema_version")
+                .values(value=str(version))
+            )
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
