@@ -50,7 +50,23 @@ Through the actor with the linger (commit 2d6a33a; load average 8-10, machine 90
     lost updates / >1 winner rounds          0 / 0            0 / 0
     naive read-check-write: winners/round     6.60             6.60
 
-The target of 100/s with 8 clients through the server is not met on this machine. One worker
+On that machine the target of 100/s with 8 clients through the server was not met (quiet, load
+1.7: 90.0/s, 7.1 a batch). On the 2-core machine of 2026-12-02 (AMD EPYC, quiet: nothing else
+running, machine 58 % busy during the windows), the same code and the same command, three runs
+of the default ``--registry pg,server`` (the first ``--registry server`` alone)::
+
+                                          pg (in-process)          server w=1
+    actor, 1 client, promotions/s          31.7 / 36.4          20.4 (19-22) / 23.0 (23-29)
+    actor, 8 clients, promotions/s        192.8 / 191.8        143.4 (136-146) / 133.8 (130-186)
+                                                               / 135.1 (128-147) alone
+      ratio to target (100/s)              1.93 / 1.92          1.43 / 1.34 / 1.35
+      promotions per batch                 7.86 / 7.87          7.84 / 7.90 / 7.81
+      CPU ms/promotion server/pg/actor/cl  -/0.7/3.7/1.7        3.2/0.4/2.5/1.7
+    lost updates / >1 winner rounds        0 / 0                0 / 0
+    naive read-check-write: winners/round  7.30                 7.30 / 7.40
+
+so the target is met there (1.34-1.43), with no change to the code: that machine's cores are
+faster (the in-process column went from 111.7/s to ~192/s). One worker
 beats two: with several, uvicorn's own listening socket leaves TCP_NODELAY off (~45 ms of
 delayed-ACK stall per request). What remains per batch is one GET (~11 ms of server CPU) and,
 when it moves, one POST (~17 ms: the server's own prompt check loads the whole registered

@@ -27,6 +27,14 @@ code before, same machine and day: 5.86 s vs 1.14 s = 5.1x; before grouping, loa
 478.8 s vs 1.74 s = 275x with 673); moto S3 (earlier, loaded): 130.7 s vs 189.4 s = 0.69x
 with 24. Local target not met: what is left is CPU (the per-turn ledger transactions, the
 table commits, the stagers) on two cores.
+
+Each run also prints CPU seconds: the driver process (loop and publish thread) and the stager
+processes (psutil) against ``write_dataset``'s threads; with ``--s3`` the S3 server's own CPU
+is printed for both sides and counted on neither. 2026-12-02, another quiet 2-core machine
+whose speed swung ~2x within minutes (compare within a run only): 16 in flight 4.13 s vs
+1.06 s = 3.9x, CPU 5.76 s (driver 2.60, stagers 3.16) vs 1.72 s = 3.3x; later 6.50 s vs
+2.17 s = 3.0x; ``--concurrency 64`` right after each: 3.1x and 2.1x. moto S3, one run:
+51.1 s vs 114.9 s = 0.45x.
 """
 
 from __future__ import annotations
@@ -266,10 +274,13 @@ def main() -> None:
             [storage_cols(t, k) for k, t in _DATA.items()], promote_options="default"
         )
         plain_walls, ours_walls, last = [], [], {}
+        plain_cpus: list[float] = []
+        ours_cpus: list[float] = []
         for rep in range(args.repeat):
             # plain pyarrow: everything written once, hive-partitioned
             fs, plain_path = storage.filesystem_for(st.resolve(f"plain{rep}"), st)
-            t0 = time.perf_counter()
+            m0 = server_cpu(moto)
+            t0, c0 = time.perf_counter(), time.process_time()
             pads.write_dataset(
                 whole,
                 plain_path,
@@ -281,6 +292,8 @@ def main() -> None:
                 existing_data_behavior="overwrite_or_ignore",
             )
             plain_walls.append(time.perf_counter() - t0)
+            plain_cpus.append(time.process_time() - c0)  # all of write_dataset's threads
+            plain_server = server_cpu(moto) - m0
 
             table = StepTable(
                 st, f"bench{rep}", st.resolve(f"tables/b{rep}"), ["city", "date"], "f"
@@ -290,9 +303,15 @@ def main() -> None:
             ctx = multiprocessing.get_context("fork")
             with futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
                 list(pool.map(abs, range(args.workers * 4)))  # workers up, like Ray's
-                t0 = time.perf_counter()
+                skip = {moto.pid} if moto is not None else set()
+                s0, m0 = children_cpu(skip), server_cpu(moto)
+                t0, c0 = time.perf_counter(), time.process_time()
                 last = drive(table, ledger, keys, pool, args)
                 ours_walls.append(time.perf_counter() - t0)
+                last["driver_cpu"] = time.process_time() - c0  # loop and publish thread
+                last["stager_cpu"] = children_cpu(skip) - s0
+                ours_server = server_cpu(moto) - m0
+            ours_cpus.append(last["driver_cpu"] + last["stager_cpu"])
             got = table.require().scan().to_arrow()
             assert got.num_rows == len(keys) * args.rows, got.num_rows
             assert len(set(got["id"].to_pylist())) == got.num_rows, "duplicate rows"
@@ -302,10 +321,24 @@ def main() -> None:
                 f"  ({last['commits']} table commits {last['table']:.2f} s, "
                 f"ledger {last['ledger']:.2f} s of which amends {last['amend']:.2f} s)"
             )
+            print(
+                f"         cpu:  plain {plain_cpus[-1]:6.2f} s   rayorch {ours_cpus[-1]:6.2f} s"
+                f"  (driver process {last['driver_cpu']:.2f} s, stagers {last['stager_cpu']:.2f} s)"
+                + (
+                    f"; S3 server {plain_server:.2f} s vs {ours_server:.2f} s, not counted"
+                    if moto is not None
+                    else ""
+                )
+            )
         plain_s, ours = statistics.median(plain_walls), statistics.median(ours_walls)
         print(f"plain write_dataset      {plain_s:8.2f} s  (median of {args.repeat})")
         print(f"rayorch backfill publish {ours:8.2f} s  (median of {args.repeat})")
         print(f"ratio                    {ours / plain_s:8.2f} x   (target <= 2x)")
+        plain_c, ours_c = statistics.median(plain_cpus), statistics.median(ours_cpus)
+        print(
+            f"cpu seconds              {ours_c:8.2f} s vs {plain_c:.2f} s = "
+            f"{ours_c / plain_c:.2f} x  (both sides' processes and threads; median)"
+        )
 
         if args.ray_read:
             bench_reads(table, keys, days, args)
@@ -313,6 +346,33 @@ def main() -> None:
         if moto is not None:
             moto.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def children_cpu(skip: set[int] | None = None) -> float:
+    """CPU seconds (user + system) spent so far by this process's live children (the
+    stager processes), the pids in ``skip`` (the S3 server) left out; psutil's public API."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in (skip or ()):
+            continue
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def server_cpu(proc: subprocess.Popen | None) -> float:
+    """CPU seconds the S3 server has spent so far (0 without one)."""
+    if proc is None:
+        return 0.0
+    import psutil
+
+    t = psutil.Process(proc.pid).cpu_times()
+    return t.user + t.system
 
 
 def storage_cols(t: pa.Table, k: PartitionKey) -> pa.Table:
