@@ -5,8 +5,8 @@
 
 1. Publish: 2,700 partitions (30 keys x 90 days) through the backfill driver itself
    (BackfillDriver over a plan of one feature unit per partition): the plan persisted in the
-   ledger, fenced claims within the concurrency limit (default: the driver's, 2 per CPU, at
-   least 16), staging in worker processes (a Ray task's place: unique-key check, writing the
+   ledger, fenced claims within the concurrency limit (default: the driver's for a plan of
+   feature units only, 2 per CPU, at least 64), staging in worker processes (a Ray task's place: unique-key check, writing the
    data file, describing it for Iceberg), a fenced ledger commit per loop turn, table
    commits grouped by the driver (``--publish-batch``, ``--publish-linger-s``; 1 and 0 give
    a table commit per turn) and one ledger transaction per publish recording the snapshot
@@ -221,8 +221,9 @@ def main() -> None:
     ap.add_argument(
         "--concurrency",
         type=int,
-        default=default_concurrency(cpus),
-        help="units in flight (the driver's default: 2 per cluster CPU, at least 16)",
+        default=default_concurrency(cpus, features_only=True),
+        help="units in flight (the driver's default for a plan of feature units only: 2 per "
+        "cluster CPU, at least 64)",
     )
     ap.add_argument("--max-batch", type=int, default=65, help="units per publish in --ray-read")
     ap.add_argument(

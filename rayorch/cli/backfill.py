@@ -171,7 +171,9 @@ def backfill(
     keys: str | None = KeysOpt,
     steps: str | None = StepsOpt,
     max_concurrency: int | None = typer.Option(
-        None, help="Units in flight at once (default: 2 per cluster CPU, at least 16)."
+        None,
+        help="Units in flight at once (default: 2 per cluster CPU, at least 16; at least 64 "
+        "when the backfill has no training units).",
     ),
     reprocess: Reprocess = ReprocessOpt,
     on_conflict: OnConflict = typer.Option(
