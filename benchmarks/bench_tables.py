@@ -6,8 +6,8 @@
 1. Publish: 2,700 partitions (30 keys x 90 days) through the backfill driver itself
    (BackfillDriver over a plan of one feature unit per partition): the plan persisted in the
    ledger, fenced claims within the concurrency limit (default: the driver's for a plan of
-   feature units only, 2 per CPU, at least 64), staging in worker processes (a Ray task's place: unique-key check, writing the
-   data file, describing it for Iceberg), a fenced ledger commit per loop turn, table
+   feature units only, 2 per CPU, at least 64), staging in worker processes (a Ray task's
+   place: unique-key check, writing the data file, describing it for Iceberg), a fenced ledger commit per loop turn, table
    commits grouped by the driver (``--publish-batch``, ``--publish-linger-s``; 1 and 0 give
    a table commit per turn) and one ledger transaction per publish recording the snapshot
    ids -- vs the same data written once with plain ``pyarrow.dataset.write_dataset`` (hive
@@ -211,7 +211,7 @@ def drive(table, ledger, keys, pool, args) -> dict:
 
 
 def main() -> None:
-    from rayorch.backfill.driver import default_concurrency
+    from rayorch.backfill.window import default_concurrency
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=30)
@@ -349,31 +349,30 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def children_cpu(skip: set[int] | None = None) -> float:
-    """CPU seconds (user + system) spent so far by this process's live children (the
-    stager processes), the pids in ``skip`` (the S3 server) left out; psutil's public API."""
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has spent so far (psutil's public API);
+    0 for one that has exited."""
     import psutil
 
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in (skip or ()):
-            continue
-        try:
-            t = child.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return t.user + t.system
+
+
+def children_cpu(skip: set[int] | None = None) -> float:
+    """CPU seconds spent so far by this process's live children (the stager processes), the
+    pids in ``skip`` (the S3 server) left out."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    return sum(_cpu_s(c.pid) for c in kids if c.pid not in (skip or ()))
 
 
 def server_cpu(proc: subprocess.Popen | None) -> float:
     """CPU seconds the S3 server has spent so far (0 without one)."""
-    if proc is None:
-        return 0.0
-    import psutil
-
-    t = psutil.Process(proc.pid).cpu_times()
-    return t.user + t.system
+    return 0.0 if proc is None else _cpu_s(proc.pid)
 
 
 def storage_cols(t: pa.Table, k: PartitionKey) -> pa.Table:

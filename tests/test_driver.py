@@ -372,7 +372,7 @@ def test_stale_units_rerun_exactly(world):
 )
 def test_default_concurrency_is_two_per_cpu_with_a_floor(cpus, features_only, want):
     """2 per CPU, at least 16; at least 64 when the plan has feature units only."""
-    from rayorch.backfill.driver import default_concurrency
+    from rayorch.backfill.window import default_concurrency
 
     assert default_concurrency(cpus, features_only=features_only) == want
 
