@@ -296,8 +296,10 @@ def test_job_submit_runs_the_backfill_across_the_nodes_and_survives_a_lost_node(
     if _checkpoints(s3, DAY_A) != first or client.get_job_status(sid).value != "RUNNING":
         pytest.fail("training finished before the node could be killed: make it longer")
     os.kill(raylet.pid, signal.SIGKILL)
-    # A SIGKILLed raylet's worker may still finish the upload it was doing, so the resume may
-    # start from a checkpoint written just after this listing, never from an earlier one.
+    # Around a SIGKILLed raylet the checkpoint on storage and the one Train registered can differ
+    # by one: the worker may finish an upload after the kill (resume from a step newer than this
+    # listing), or an upload listed here may never have been reported (resume from the previous
+    # one). Either way it resumes from a real checkpoint, never from step 0.
     at_kill = _checkpoints(s3, DAY_A)
     assert _finished(client, sid) == "SUCCEEDED", client.get_job_logs(sid)[-5000:]
     s = _summary(client, sid)
@@ -306,7 +308,7 @@ def test_job_submit_runs_the_backfill_across_the_nodes_and_survives_a_lost_node(
     (trained,) = s["trained"]
     steps = {int(c.split("_")[1][1:]) for c in at_kill}
     resumed = trained["training"]["resumed_from_step"]
-    assert min(steps) > 0 and max(steps) <= resumed < 72, (node, steps, resumed)
+    assert 0 < min(steps) <= resumed < 72, (node, steps, resumed)
     assert trained["training"]["restarts"] >= 1 and trained["training"]["step"] == 72
     assert trained["training"]["last_checkpoint"]["path"].startswith("s3://rayorch-dev/")
     # The ledger and the catalog are in PostgreSQL; every data file is in S3.
