@@ -201,6 +201,13 @@ class TrainSpec(_Frozen):
     learning_rate: float = Field(0.05, gt=0, description="Optimizer learning rate.")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction.")
     seed: int = Field(0, description="Training seed.")
+    split_in_task_max_mb: float = Field(
+        64.0,
+        ge=0,
+        description="A window whose data files total at most this many MiB is shuffled and "
+        "split inside the unit's task (seconds faster on small windows); a larger one by Ray "
+        "Data's distributed shuffle. 0: always Ray Data.",
+    )
     max_failures: int = Field(1, ge=0, description="Ray Train worker-group restarts allowed.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")

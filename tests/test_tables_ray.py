@@ -14,7 +14,7 @@ import pytest
 
 from rayorch.api import generate_data, run_backfill
 from rayorch.data import storage
-from rayorch.data.reader import pin_window, read_table_ray, read_window
+from rayorch.data.reader import pin_window, read_table_ray, read_window, split_window
 from rayorch.data.tables import StepTable, committed_rows
 from rayorch.ledger.store import Ledger
 from rayorch.partitions import PartitionKey
@@ -91,6 +91,30 @@ def test_killed_and_concurrent_backfills_on_s3_equal_a_clean_run(
     pinned = read_window(window).to_pandas()
     assert len(ray_df) == len(pinned) == len(df)
     assert sorted(pinned["transaction_id"]) == sorted(ray_df["transaction_id"])
+    # A training split of the window, in the unit's task (small) and by Ray Data (over the
+    # bound): disjoint, covering every row, the held-out fraction, the same rows for the seed.
+    ids = list(pinned["transaction_id"])
+    for in_task_max in (window.size_bytes, 0):
+        split = [
+            [
+                list(d.to_pandas()["transaction_id"])
+                for d in split_window(
+                    window,
+                    ["transaction_id"],
+                    test_size=0.25,
+                    seed=3,
+                    in_task_max_bytes=in_task_max,
+                )
+            ]
+            for _ in range(2)
+        ]
+        (tr, va), (tr2, va2) = split
+        assert not set(tr) & set(va) and sorted(tr + va) == sorted(ids), in_task_max
+        assert abs(len(va) - len(ids) / 4) <= 1, (in_task_max, len(va), len(ids))
+        assert sorted(va2) == sorted(va) and sorted(tr2) == sorted(tr), in_task_max
+        assert va != ids[-len(va) :], "the held-out rows were not shuffled"
+        if in_task_max:  # in the task the order is the seed's too (a resume replays it)
+            assert (tr2, va2) == (tr, va)
 
     # equal to a clean run on local disk
     clean = dataclasses.replace(load_settings(tmp_path / "clean"), storage_url=None)

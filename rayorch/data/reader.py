@@ -46,6 +46,10 @@ class Window:
         return sum(p.rows for p in self.partitions)
 
     @property
+    def size_bytes(self) -> int:
+        return sum(f.size for p in self.partitions for f in p.files)
+
+    @property
     def digest(self) -> str:
         """Over every partition's content (its immutable files), sorted: not a sample."""
         h = hashlib.sha256()
@@ -116,6 +120,47 @@ def read_window(window: Window, columns: list[str] | None = None, **kw: Any) -> 
     fs, _ = storage.filesystem_for(files[0])
     paths = [storage.filesystem_for(f)[1] for f in files]
     return ray.data.read_parquet(paths, columns=columns, filesystem=fs, **kw)
+
+
+def split_window(
+    window: Window,
+    columns: list[str],
+    *,
+    test_size: float,
+    seed: int,
+    in_task_max_bytes: int,
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Train and validation datasets over the window, rows shuffled with ``seed`` first.
+
+    A window of at most ``in_task_max_bytes`` of data files is read here (one pyarrow read of
+    exactly the listed files), permuted with a seeded generator and handed to Ray Data as
+    blocks: on a small window Ray Data's distributed shuffle costs 4-8 s of task scheduling
+    for milliseconds of data (measured on 2 cores, 480 rows). A larger window is read by Ray
+    Data and split by its ``train_test_split(shuffle=True)``, never pulled into one process.
+    Either way the same window, columns and seed give the same split on every attempt.
+    """
+    import numpy as np
+    import ray.data
+
+    if window.size_bytes > in_task_max_bytes:
+        # Without it the seeded shuffle's output order, and so the split, varies by run.
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        ds = read_window(window, columns=columns)
+        return ds.train_test_split(test_size=test_size, shuffle=True, seed=seed)
+    if not window.files:
+        read_window(window)  # raises DataNotReadyError naming the table and snapshot
+    table = storage.read_parquet_files(window.files, columns=columns)
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    cut = int(table.num_rows * (1 - test_size))
+    blocks = max(1, min(len(window.files), 8))
+
+    def as_dataset(rows: np.ndarray) -> ray.data.Dataset:
+        part = table.take(rows)
+        step = max(1, -(-part.num_rows // blocks))
+        slices = [part.slice(i, step) for i in range(0, part.num_rows, step)]
+        return ray.data.from_arrow(slices or [part])
+
+    return as_dataset(order[:cut]), as_dataset(order[cut:])
 
 
 def scan_window(table: StepTable, window: Window, columns: list[str] | None = None) -> pa.Table:

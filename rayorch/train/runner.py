@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayorch.data import storage
-from rayorch.data.reader import Window, pin_window, read_window
+from rayorch.data.reader import Window, pin_window, split_window
 from rayorch.data.storage import read_parquet
 from rayorch.data.tables import StepTable
 from rayorch.errors import DataNotReadyError
@@ -132,9 +132,12 @@ def _run_train_unit(req: TrainRequest, placement: dict[str, Any] | None) -> Trai
     # batches the checkpoint already covers.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     # Exactly the data files of the pinned snapshot (immutable, committed by construction).
-    ds = read_window(window, columns=columns)
-    train_ds, val_ds = ds.train_test_split(
-        test_size=tspec.validation_fraction, shuffle=True, seed=tspec.seed
+    train_ds, val_ds = split_window(
+        window,
+        columns,
+        test_size=tspec.validation_fraction,
+        seed=tspec.seed,
+        in_task_max_bytes=int(tspec.split_in_task_max_mb * 2**20),
     )
     ckpt_root = settings.resolve(tspec.checkpoint.storage_path)
     if not storage.is_remote(ckpt_root):
