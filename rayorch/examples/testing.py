@@ -39,8 +39,9 @@ def ft_train_loop(config: dict[str, Any]) -> None:
 
     ``sleep_per_step_s`` (every worker, every step: makes a run slow enough to interrupt),
     ``straggler_rank`` + ``straggler_sleep_s`` (one slow worker), ``kill_rank`` +
-    ``kill_at_step`` (that worker SIGKILLs itself once at that global step; ``kill_marker`` is a
-    file that records that it happened, so the restarted group does not die again).
+    ``kill_at_step`` (that worker SIGKILLs itself once at that global step, once rank 0 has
+    recorded the newest checkpoint; ``kill_marker`` is a file that records that it happened,
+    so the restarted group does not die again).
     """
     import os
     import signal
@@ -61,6 +62,19 @@ def ft_train_loop(config: dict[str, Any]) -> None:
             marker = Path(str(p["kill_marker"]))
             if not marker.exists():
                 marker.write_text(str(os.getpid()))
+                _await_checkpoint_pointer(s)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     torch_model_loop(session, task="binary", metric_fn=binary_auc, before_step=before_step)
+
+
+def _await_checkpoint_pointer(s: Any, timeout_s: float = 30.0) -> None:
+    """Before an injected kill: wait (bounded) until rank 0 has recorded the newest checkpoint
+    both workers took, so the kill tests the resume from it, not rank 0's race to record it
+    against Ray Train stopping the group."""
+    deadline = time.time() + timeout_s
+    while s.last_checkpoint_step > 0 and s.files is not None and time.time() < deadline:
+        last = ((s.files.read_progress() or {}).get("last_checkpoint")) or {}
+        if int(last.get("step", -1)) >= s.last_checkpoint_step:
+            return
+        time.sleep(0.02)

@@ -95,6 +95,11 @@ class TrainSession:
 
     # -- public API for training loops ------------------------------------------------------
     @property
+    def last_checkpoint_step(self) -> int:
+        """The global step of this worker's newest checkpoint (the resume point before one)."""
+        return self._clock.step
+
+    @property
     def epochs(self) -> int:
         return int(self.ro["epochs"])
 
@@ -225,9 +230,11 @@ class TrainSession:
             ray.train.report(full, checkpoint_dir_name=name)
         self._clock = CheckpointClock(self.global_step, time.time())
         if self.rank == 0:
-            # The checkpoint is registered: what it covers may now be logged (exactly once).
-            self._flush(self._pending)
-            self._pending = []
+            # The pointer first, the moment report returned (the upload is complete): another
+            # worker's death makes Ray Train stop this one at any instant, and a checkpoint
+            # neither registered nor pointed to is lost. The metrics it covers are logged next
+            # (exactly once); killed in between, they are in the checkpoint's "unlogged" and
+            # the resumed attempt logs them.
             self._update_progress(
                 last_checkpoint={
                     "step": self.global_step,
@@ -243,6 +250,8 @@ class TrainSession:
                     CheckpointReason.STRAGGLER: "restart_without_stragglers",
                 }.get(reason, "running"),
             )
+            self._flush(self._pending)
+            self._pending = []
 
     def _restore(self) -> dict[str, Any] | None:
         """The newest complete checkpoint: Ray Train's registered one, or the one rayorch's
