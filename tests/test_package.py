@@ -13,13 +13,13 @@ from tests.helpers import REPO
 
 
 def test_every_public_name_resolves_to_its_module_object():
-    import rayorch.api
-    import rayorch.spec
+    import rayorch.api as api_module
+    import rayorch.spec as spec_module
 
     for name in rayorch.__all__:
         assert getattr(rayorch, name) is not None, name
-    assert rayorch.run_backfill is rayorch.api.run_backfill
-    assert rayorch.load_pipeline is rayorch.spec.load_pipeline
+    assert rayorch.run_backfill is api_module.run_backfill
+    assert rayorch.load_pipeline is spec_module.load_pipeline
     assert set(rayorch.__all__) <= set(dir(rayorch))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = rayorch.nope
