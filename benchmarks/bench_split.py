@@ -9,6 +9,9 @@ permutation, ``ray.data.from_arrow`` blocks) against what it does above that bou
 one local Ray, each split consumed to the end (both datasets counted). The default size is the
 test suite's training window (3 cities x 2 days, 480 rows). Prints wall seconds per side, the
 median, and the ratio.
+
+2026-12-03, 2-core machine under load: in task 5.19 / 0.14 / 0.22 s (the first includes Ray's
+cold workers), Ray Data 14.52 / 9.56 / 7.24 s; medians 0.22 s vs 9.56 s = 44x.
 """
 
 from __future__ import annotations
