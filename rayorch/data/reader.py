@@ -102,6 +102,16 @@ def pin_window(
     )
 
 
+def _require_files(window: Window) -> list[str]:
+    files = window.files
+    if not files:
+        raise DataNotReadyError(
+            f"{window.table}@{window.snapshot_id}: the window has no committed partitions",
+            table=window.table,
+        )
+    return files
+
+
 def read_window(window: Window, columns: list[str] | None = None, **kw: Any) -> ray.data.Dataset:
     """Ray Data over exactly the window's data files (the snapshot's own file list).
 
@@ -111,12 +121,7 @@ def read_window(window: Window, columns: list[str] | None = None, **kw: Any) -> 
     """
     import ray.data
 
-    files = window.files
-    if not files:
-        raise DataNotReadyError(
-            f"{window.table}@{window.snapshot_id}: the window has no committed partitions",
-            table=window.table,
-        )
+    files = _require_files(window)
     fs, _ = storage.filesystem_for(files[0])
     paths = [storage.filesystem_for(f)[1] for f in files]
     return ray.data.read_parquet(paths, columns=columns, filesystem=fs, **kw)
@@ -147,12 +152,11 @@ def split_window(
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         ds = read_window(window, columns=columns)
         return ds.train_test_split(test_size=test_size, shuffle=True, seed=seed)
-    if not window.files:
-        read_window(window)  # raises DataNotReadyError naming the table and snapshot
-    table = storage.read_parquet_files(window.files, columns=columns)
+    files = _require_files(window)
+    table = storage.read_parquet_files(files, columns=columns)
     order = np.random.default_rng(seed).permutation(table.num_rows)
     cut = int(table.num_rows * (1 - test_size))
-    blocks = max(1, min(len(window.files), 8))
+    blocks = max(1, min(len(files), 8))
 
     def as_dataset(rows: np.ndarray) -> ray.data.Dataset:
         part = table.take(rows)
