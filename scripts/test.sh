@@ -22,4 +22,6 @@ python -m pytest -q -p no:cacheprovider -m "not e2e" --durations=15
 echo "core suite took $(( $(date +%s) - start ))s; now the end-to-end set"
 # One after the other, not on parallel workers: the topology tests kill a node and a driver
 # mid-training, and beside another Ray on 2 cores they lost that race (1 of 3 runs tried).
+start=$(date +%s)
 python -m pytest -q -p no:cacheprovider -m e2e --durations=10
+echo "end-to-end set took $(( $(date +%s) - start ))s"

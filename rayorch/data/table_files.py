@@ -62,7 +62,7 @@ def with_partition_columns(table: pa.Table, key: PartitionKey) -> pa.Table:
                     column=dim,
                 )
             continue
-        table = table.append_column(dim, pa.array([value] * table.num_rows, pa.string()))
+        table = table.append_column(dim, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
     return table
 
 
