@@ -259,7 +259,8 @@ def test_file_descriptions_equal_pyiceberg_own(table):
 def test_a_description_for_another_schema_is_not_used(home):
     """A writer's description made against a schema that is not the table's (here: the
     columns in another order, so other field ids) is ignored: the footer is read."""
-    from rayorch.data.table_files import FileToAdd, data_files, fingerprint
+    from rayorch.data.file_stats import fingerprint
+    from rayorch.data.table_files import FileToAdd, data_files
 
     st = load_settings()
     t = StepTable(st, "p", st.resolve("out"), ["city", "date"], "f")

@@ -4,17 +4,14 @@ A unit writes its partition's output as ``t<token>-<nonce>.parquet`` under the t
 location; the fencing token in the name is part of the table state. While writing, the
 unit also **describes** the file to Iceberg (record count, per-column sizes, counts and
 bounds -- pyiceberg's own statistics, computed from the parquet writer's footer metadata),
-so publishing never reads the file back. The description names the Iceberg schema it was
-computed against; a publish uses it only when that is exactly the table's schema (and the
-table's metrics settings), otherwise it reads the footer as pyiceberg's
-``parquet_file_to_data_file`` does. Either way the DataFile is the one pyiceberg would build.
+so publishing never reads the file back (:mod:`rayorch.data.file_stats`). The description
+names the Iceberg schema it was computed against; a publish uses it only when that is
+exactly the table's schema (and the table's metrics settings), otherwise it reads the
+footer as pyiceberg's ``parquet_file_to_data_file`` does. Either way the DataFile is the one pyiceberg would build.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayorch.data import storage
+from rayorch.data.file_stats import describe, fingerprint
 from rayorch.partitions import PartitionKey
 
 _FILE_RE = re.compile(r"/t(\d{12})-[0-9a-f]{16}\.parquet$")
-_METRICS_PREFIX = "write.metadata.metrics."
-TABLE_PROPERTIES = {
-    "commit.retry.num-retries": "0",  # our retry re-checks tokens; pyiceberg's would not
-    "format-version": "2",
-}
 
 
 def data_file_name(token: int, nonce: str) -> str:
@@ -90,93 +83,6 @@ def write_file(
         pq.write_table(out, stream, metadata_collector=collected)
         size = stream.tell()
     return WrittenFile(storage.to_uri(fs, path), size, out.num_rows, describe(collected[0], out))
-
-
-# -- Iceberg descriptions -------------------------------------------------------------------
-def iceberg_schema(arrow: pa.Schema) -> Any:
-    """The Iceberg schema a table created from ``arrow`` has: field ids in the order
-    pyiceberg assigns fresh ids (pre-order, each struct's fields before their children)."""
-    from pyiceberg.io.pyarrow import pyarrow_to_schema
-    from pyiceberg.table.name_mapping import MappedField, NameMapping
-
-    counter = iter(range(1, 1 << 30))
-
-    def children(t: pa.DataType) -> list[tuple[str, pa.DataType]]:
-        if pa.types.is_struct(t):
-            return [(t.field(i).name, t.field(i).type) for i in range(t.num_fields)]
-        if pa.types.is_map(t):
-            return [("key", t.key_type), ("value", t.item_type)]
-        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-            return [("element", t.value_type)]
-        return []
-
-    def level(fields: list[tuple[str, pa.DataType]]) -> list[Any]:
-        ids = [next(counter) for _ in fields]
-        return [
-            MappedField(field_id=i, names=[name], fields=level(children(t)))
-            for i, (name, t) in zip(ids, fields, strict=True)
-        ]
-
-    mapping = NameMapping(level([(f.name, f.type) for f in arrow]))
-    return pyarrow_to_schema(arrow, name_mapping=mapping)
-
-
-def fingerprint(schema: Any, properties: dict[str, str]) -> str:
-    """What a description was computed against: the schema's fields and the metrics
-    settings (``write.metadata.metrics.*``) that shape pyiceberg's statistics."""
-    fields = [f.model_dump(mode="json") for f in schema.fields]
-    metrics = sorted((k, v) for k, v in properties.items() if k.startswith(_METRICS_PREFIX))
-    doc = json.dumps([fields, metrics], sort_keys=True)
-    return hashlib.sha256(doc.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class _StatsPlan:
-    """What describing a file of one arrow schema needs, computed once per schema."""
-
-    fingerprint: str
-    stats_columns: Any
-    column_mapping: Any
-
-
-@functools.lru_cache(maxsize=64)
-def _stats_plan(arrow: pa.Schema) -> _StatsPlan | None:
-    from pyiceberg.io.pyarrow import compute_statistics_plan, parquet_path_to_id_mapping
-
-    try:
-        schema = iceberg_schema(arrow)
-    except (ValueError, TypeError, NotImplementedError):  # no Iceberg form: publish reads it
-        return None
-    return _StatsPlan(
-        fingerprint(schema, TABLE_PROPERTIES),
-        compute_statistics_plan(schema, TABLE_PROPERTIES),
-        parquet_path_to_id_mapping(schema),
-    )
-
-
-def describe(md: Any, table: pa.Table) -> dict[str, Any] | None:
-    """pyiceberg's statistics of a written file, from its footer metadata, as JSON values.
-    The schema conversion and statistics plan are cached per arrow schema (every partition
-    of a step has the same one)."""
-    from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
-
-    plan = _stats_plan(table.schema)
-    if plan is None:
-        return None
-    stats = data_file_statistics_from_parquet_metadata(
-        parquet_metadata=md,
-        stats_columns=plan.stats_columns,
-        parquet_column_mapping=plan.column_mapping,
-    )
-    d = stats.to_serialized_dict()
-    counts = ("column_sizes", "value_counts", "null_value_counts", "nan_value_counts")
-    return {
-        "schema": plan.fingerprint,
-        "record_count": d["record_count"],
-        **{k: {str(i): int(v) for i, v in d[k].items()} for k in counts},
-        **{k: {str(i): v.hex() for i, v in d[k].items()} for k in ("lower_bounds", "upper_bounds")},
-        "split_offsets": list(d["split_offsets"] or []),
-    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ class PublishItem:
     files: tuple[str, ...]
     sizes: dict[str, int] = field(default_factory=dict)  # bytes per file, when the stager knew
     # Iceberg description per file, made where the file was written
-    # (:func:`rayorch.data.table_files.describe_written`); absent: the footer is read.
+    # (:func:`rayorch.data.file_stats.describe`); absent: the footer is read.
     described: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayorch.data import storage
+from rayorch.data.file_stats import TABLE_PROPERTIES, iceberg_schema
 from rayorch.data.table_catalog import (
     CATALOG_NAME,
     catalog,
@@ -50,11 +51,9 @@ from rayorch.data.table_catalog import (
     warehouse,
 )
 from rayorch.data.table_files import (
-    TABLE_PROPERTIES,
     FileToAdd,
     WrittenFile,
     data_file_name,
-    iceberg_schema,
     token_of,
     with_partition_columns,
     write_file,
