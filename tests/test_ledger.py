@@ -67,6 +67,37 @@ def test_claim_commit_and_fencing(ledger_url):
     led.close()
 
 
+def test_a_batch_commit_accepts_exactly_the_current_tokens(ledger_url):
+    """One fenced commit of several units: the ones at their current token are committed
+    (one COMMIT event each), a stale one in the same batch is refused by name; a batch with
+    nothing stale commits all of it."""
+    clock = Clock()
+    led = Ledger(ledger_url, clock=clock)
+    a, _ = led.start_backfill("p", {"x": 1}, "fp", UNITS, lease_s=10)
+    b, _ = led.start_backfill("p", {"x": 2}, "fp", UNITS, lease_s=10)
+    assert [c.token for c in led.claim_many(a.ownership, KEYS)] == [1, 1, 1, 1]
+    clock.t += 11  # a's leases expire: b re-claims the second key at token 2
+    [cb] = led.claim_many(b.ownership, KEYS[1:2])
+    assert cb.token == 2
+    batch = [(k, 1, {"rows": i}) for i, k in enumerate(KEYS[:3])]
+    errors = led.commit_many(a.ownership, batch)
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], StaleTokenError) and errors[1].fields["run_key"] == KEYS[1]
+    rows = led.get_units(KEYS)
+    assert [rows[k].state for k in KEYS] == [
+        UnitState.DONE,
+        UnitState.RUNNING,
+        UnitState.DONE,
+        UnitState.RUNNING,
+    ]
+    assert rows[KEYS[2]].output == {"rows": 2} and rows[KEYS[1]].holder == b.id
+    assert led.commit_many(b.ownership, [(KEYS[1], 2, {"rows": 9})]) == [None]
+    assert led.commit_many(a.ownership, [(KEYS[3], 1, {"rows": 3})]) == [None]
+    commits = [(e["run_key"], e["token"]) for e in led.events(event_name="COMMIT")]
+    assert sorted(commits) == sorted([(KEYS[0], 1), (KEYS[1], 2), (KEYS[2], 1), (KEYS[3], 1)])
+    led.close()
+
+
 def test_fail_and_reprocess_policies(ledger_url):
     led = Ledger(ledger_url)
     bf, _ = led.start_backfill("p", {}, "fp", UNITS)

@@ -200,10 +200,15 @@ class ClaimsMixin:
                 }
                 for k, t, o in ordered
             ]
-            if params:
-                c.execute(stmt, params)
+            updated = c.execute(stmt, params).rowcount if params else 0
+            keys = [k for k, _, _ in ordered]
+            if updated == len(keys) == len(set(keys)) and c.dialect.supports_sane_multi_rowcount:
+                # Every row matched its fenced UPDATE (this token, RUNNING): all accepted,
+                # nothing to read back. Otherwise the rows say which were refused and why.
+                self._events(c, bf_id, "COMMIT", [(k, t) for k, t, _ in ordered], now)
+                return {"rows": {}, "accepted": set(keys)}
             rows = {}
-            for chunk in _chunks([k for k, _, _ in ordered], 500):
+            for chunk in _chunks(keys, 500):
                 for r in c.execute(
                     select(
                         units.c.run_key,
