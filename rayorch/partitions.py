@@ -8,6 +8,7 @@ validated as safe path segments when the key is built, not when it is used.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,7 +67,12 @@ class PartitionKey:
 
     @classmethod
     def parse(cls, text: str) -> PartitionKey:
-        """Parse the canonical form ``dim=value/dim=value`` (order of input is free)."""
+        """Parse the canonical form ``dim=value/dim=value`` (order of input is free). Keys
+        are immutable, so a parsed one is reused: drivers parse the same keys per turn."""
+        return _parse(text)
+
+    @classmethod
+    def _parse_new(cls, text: str) -> PartitionKey:
         if not text or not text.strip():
             raise PartitionKeyError("empty partition key", key=text)
         mapping: dict[str, str] = {}
@@ -115,6 +121,11 @@ class PartitionKey:
     def path(self) -> str:
         """Relative hive path; identical to the canonical string by construction."""
         return str(self)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse(text: str) -> PartitionKey:
+    return PartitionKey._parse_new(text)
 
 
 def parse_date(text: str | dt.date, *, what: str = "date") -> dt.date:

@@ -291,7 +291,8 @@ class StepTable:
         table = self._table
         if table is None:
             table = self.ensure(sample) if sample is not None else self.require()
-        keys = [PartitionKey.parse(it.partition) for it in items]
+        parsed = {it.partition: PartitionKey.parse(it.partition) for it in items}
+        keys = list(parsed.values())
         for attempt in range(_COMMIT_ATTEMPTS):
             base = table.current_snapshot()
             live_sid = base.snapshot_id if base is not None else None
@@ -318,7 +319,7 @@ class StepTable:
             }
             tx = table.transaction()
             files = [
-                FileToAdd(p, PartitionKey.parse(it.partition), it.sizes.get(p), it.described.get(p))
+                FileToAdd(p, parsed[it.partition], it.sizes.get(p), it.described.get(p))
                 for it, _ in todo
                 for p in it.files
             ]

@@ -58,6 +58,7 @@ class BackfillsMixin:
         def tx(self) -> Any: ...
         def now(self, c: Connection | None = None) -> float: ...
         def _fence(self, c: Connection, owner: Ownership) -> float: ...
+        def _fence_at(self, c: Connection, owner: Ownership) -> tuple[float, float]: ...
         def _retry_tx(self, fn: Callable[[Connection], Any], attempts: int = 5) -> Any: ...
 
     # -- backfills --------------------------------------------------------------------------
@@ -270,8 +271,7 @@ class BackfillsMixin:
         self, owner: Ownership, state: BackfillState, summary: dict[str, Any]
     ) -> None:
         with self.tx() as c:
-            self._fence(c, owner)
-            now = self.now(c)
+            _, now = self._fence_at(c, owner)
             cur = c.execute(
                 select(backfills.c.state).where(backfills.c.id == owner.backfill_id)
             ).scalar()
@@ -302,8 +302,7 @@ class BackfillsMixin:
         Returns True when cancellation was requested; raises OwnershipLostError when another
         driver took the backfill over."""
         with self.tx() as c:
-            lease_s = self._fence(c, owner)
-            now = self.now(c)
+            lease_s, now = self._fence_at(c, owner)
             c.execute(
                 update(units)
                 .where(units.c.holder == owner.backfill_id)

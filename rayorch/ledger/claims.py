@@ -47,6 +47,7 @@ class ClaimsMixin:
         def tx(self) -> Any: ...
         def now(self, c: Connection | None = None) -> float: ...
         def _fence(self, c: Connection, owner: Ownership) -> float: ...
+        def _fence_at(self, c: Connection, owner: Ownership) -> tuple[float, float]: ...
 
     # -- reads ------------------------------------------------------------------------------
     def get_units(self, run_keys: Iterable[str]) -> dict[str, UnitRow]:
@@ -105,8 +106,7 @@ class ClaimsMixin:
         keys = sorted(set(run_keys))
 
         def attempt(c: Connection) -> tuple[dict[str, int], dict[str, UnitRow]]:
-            lease_s = self._fence(c, owner)
-            now = self.now(c)
+            lease_s, now = self._fence_at(c, owner)
             free = (units.c.state != UnitState.RUNNING.value) | (units.c.lease_until < now)
             if take_own:
                 free = free | (units.c.holder == bf_id)
@@ -171,8 +171,7 @@ class ClaimsMixin:
         vers = versions or {}
 
         def attempt(c: Connection) -> dict[str, Any]:
-            self._fence(c, owner)
-            now = self.now(c)
+            _, now = self._fence_at(c, owner)
             stmt = (
                 update(units)
                 .where(units.c.run_key == bindparam("b_key"))
@@ -327,8 +326,7 @@ class ClaimsMixin:
     def invalidate(self, owner: Ownership, run_key: str, why: str) -> bool:
         """A committed unit whose output is gone: back to PENDING so it is re-run."""
         with self.tx() as c:
-            self._fence(c, owner)
-            now = self.now(c)
+            _, now = self._fence_at(c, owner)
             res = c.execute(
                 update(units)
                 .where(units.c.run_key == run_key)
@@ -350,8 +348,7 @@ class ClaimsMixin:
         self, owner: Ownership, run_key: str, token: int, dst: UnitState, ev: str, detail: str
     ) -> bool:
         with self.tx() as c:
-            self._fence(c, owner)
-            now = self.now(c)
+            _, now = self._fence_at(c, owner)
             values: dict[str, Any] = {
                 "state": dst.value,
                 "holder": None,

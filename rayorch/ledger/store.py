@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, insert, literal, literal_column, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from rayorch.errors import (
@@ -159,22 +159,29 @@ class Ledger(BackfillsMixin, ClaimsMixin):
         """The database's clock (epoch seconds), or the injected test clock."""
         if self._clock is not None:
             return self._clock()
-        sql = (
-            "SELECT extract(epoch from clock_timestamp())"
-            if self._pg
-            else "SELECT (julianday('now') - 2440587.5) * 86400.0"
-        )
+        sql = f"SELECT {self._clock_sql()}"
         if c is not None:
             return float(c.execute(text(sql)).scalar())
         with self.engine.connect() as conn:
             return float(conn.execute(text(sql)).scalar())
+
+    def _clock_sql(self) -> str:
+        if self._pg:
+            return "extract(epoch from clock_timestamp())"
+        return "(julianday('now') - 2440587.5) * 86400.0"
 
     def _fence(self, c: Connection, owner: Ownership) -> float:
         """Refuse a write of a driver that no longer owns its backfill; return its lease.
 
         The share lock (PostgreSQL) makes a concurrent takeover wait for this transaction,
         and this transaction wait for a takeover in flight."""
-        q = select(backfills.c.owner_epoch, backfills.c.lease_s).where(
+        return self._fence_at(c, owner)[0]
+
+    def _fence_at(self, c: Connection, owner: Ownership) -> tuple[float, float]:
+        """:meth:`_fence`, and the database clock read in the same statement: (lease, now).
+        A hot path's transaction (claims, commits) makes one round trip fewer."""
+        clock = literal_column(self._clock_sql()) if self._clock is None else literal(0.0)
+        q = select(backfills.c.owner_epoch, backfills.c.lease_s, clock.label("now")).where(
             backfills.c.id == owner.backfill_id
         )
         if self._pg:
@@ -191,4 +198,5 @@ class Ledger(BackfillsMixin, ClaimsMixin):
                 epoch=owner.epoch,
                 current_epoch=row.owner_epoch,
             )
-        return float(row.lease_s)
+        now = float(row.now) if self._clock is None else self._clock()
+        return float(row.lease_s), now
