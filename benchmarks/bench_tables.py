@@ -20,13 +20,13 @@
 
 ``--s3`` runs against a moto S3 server on 127.0.0.1 started here (the test fixture's server).
 
-Measured on the 2-core machine, quiet (load < 1; docs/tables.md has the table): local, 16
-in flight (the driver's default), grouped, table commits on the driver's background thread:
-3.70 s vs 1.00 s = 3.7x with 11 table commits (8 in flight: 4.49 s vs 1.02 s = 4.4x; the
-code before, same machine and day: 5.86 s vs 1.14 s = 5.1x; before grouping, loaded:
-478.8 s vs 1.74 s = 275x with 673); moto S3 (earlier, loaded): 130.7 s vs 189.4 s = 0.69x
-with 24. Local target not met: what is left is CPU (the per-turn ledger transactions, the
-table commits, the stagers) on two cores.
+Measured on the 2-core machine (docs/tables.md has the table and the profile), 2026-12-06,
+64 in flight (the default): 3.59 s vs 1.32 s = 2.72x, CPU 2.38x; at another moment 3.77 s vs
+1.60 s = 2.36x, CPU 2.22x (the machine's speed swung up to 3x between runs: compare within a
+run). The code before, the same machine at its quietest: 4.05 s vs 1.16 s = 3.49x, CPU 3.30x.
+Local target not met: what is left is CPU on two cores (file creation ~0.5 ms a file in the
+kernel on both sides, the loop's ledger transactions waiting on the GIL behind the publish
+thread, pyiceberg's own commit work).
 
 Each run also prints CPU seconds: the driver process (loop and publish thread) and the stager
 processes (psutil) against ``write_dataset``'s threads; with ``--s3`` the S3 server's own CPU
