@@ -72,7 +72,7 @@ class PartitionKey:
         return _parse(text)
 
     @classmethod
-    def _parse_new(cls, text: str) -> PartitionKey:
+    def _parse_uncached(cls, text: str) -> PartitionKey:
         if not text or not text.strip():
             raise PartitionKeyError("empty partition key", key=text)
         mapping: dict[str, str] = {}
@@ -125,7 +125,7 @@ class PartitionKey:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _parse(text: str) -> PartitionKey:
-    return PartitionKey._parse_new(text)
+    return PartitionKey._parse_uncached(text)
 
 
 def parse_date(text: str | dt.date, *, what: str = "date") -> dt.date:

@@ -7,7 +7,8 @@ bounds -- pyiceberg's own statistics, computed from the parquet writer's footer 
 so publishing never reads the file back (:mod:`rayorch.data.file_stats`). The description
 names the Iceberg schema it was computed against; a publish uses it only when that is
 exactly the table's schema (and the table's metrics settings), otherwise it reads the
-footer as pyiceberg's ``parquet_file_to_data_file`` does. Either way the DataFile is the one pyiceberg would build.
+footer as pyiceberg's ``parquet_file_to_data_file`` does. Either way the DataFile is the
+one pyiceberg would build.
 """
 
 from __future__ import annotations

@@ -387,8 +387,8 @@ class ClaimsMixin:
 
     def release_all(self, owner: Ownership, why: str) -> None:
         with self.tx() as c:
-            self._fence(c, owner)
-            self._release_all(c, owner.backfill_id, self.now(c), why)
+            _, now = self._fence_at(c, owner)
+            self._release_all(c, owner.backfill_id, now, why)
 
     def set_progress(self, owner: Ownership, run_key: str, progress: dict[str, Any]) -> None:
         with self.tx() as c:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, insert, literal, literal_column, select, text, update
+from sqlalchemy import Connection, insert, literal_column, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from rayorch.errors import (
@@ -180,10 +180,10 @@ class Ledger(BackfillsMixin, ClaimsMixin):
     def _fence_at(self, c: Connection, owner: Ownership) -> tuple[float, float]:
         """:meth:`_fence`, and the database clock read in the same statement: (lease, now).
         A hot path's transaction (claims, commits) makes one round trip fewer."""
-        clock = literal_column(self._clock_sql()) if self._clock is None else literal(0.0)
-        q = select(backfills.c.owner_epoch, backfills.c.lease_s, clock.label("now")).where(
-            backfills.c.id == owner.backfill_id
-        )
+        cols = [backfills.c.owner_epoch, backfills.c.lease_s]
+        if self._clock is None:  # an injected test clock is not the database's
+            cols.append(literal_column(self._clock_sql()).label("now"))
+        q = select(*cols).where(backfills.c.id == owner.backfill_id)
         if self._pg:
             q = q.with_for_update(read=True)
         row = c.execute(q).first()
