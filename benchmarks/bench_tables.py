@@ -104,37 +104,66 @@ def stage_one(job: tuple[str, str, int]) -> dict:
     return outputs.stage(_TABLE, key, _DATA[key], run_key=job[0], token=job[2], unique_key=["id"])
 
 
+def stage_group(jobs: list[tuple[str, str, int]]) -> list[tuple[object, float]]:
+    """A grouped task, as rayorch.backfill.work.run_feature_units answers: per unit its
+    result or error, and the seconds its work took."""
+    out: list[tuple[object, float]] = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        try:
+            res: object = stage_one(job)
+        except Exception as exc:
+            res = exc
+        out.append((res, time.perf_counter() - t0))
+    return out
+
+
 class PoolExecutor:
     """The driver's runner with stager processes in a Ray task's place (Ray's own dispatch
-    cost is bench_dispatch.py's subject): ``publish_many`` is what the Ray executor does for
-    feature units (one table commit, then the snapshot per unit)."""
+    cost is bench_dispatch.py's subject): units grouped into tasks by the Ray executor's
+    own bookkeeping (rayorch.backfill.grouping), ``publish_many`` as the Ray executor does
+    for feature units (one table commit, then the snapshot per unit)."""
 
-    def __init__(self, table, pool) -> None:
+    def __init__(self, table, pool, workers: int, policy) -> None:
+        from rayorch.backfill.grouping import TaskGroups
+
         self.table, self.pool = table, pool
+        self.groups = TaskGroups(lambda items: pool.submit(stage_group, items), policy,
+                                 lambda: workers)  # fmt: skip
         self.commits = 0
         self.table_s = 0.0
+        self.tasks = 0
 
     def submit(self, unit, token, generation, placement=None):
-        return self.pool.submit(stage_one, (unit.run_key, str(unit.partition), token))
+        return self.groups.add((unit.run_key, str(unit.partition), token))
 
     def wait(self, handles, timeout):
+        from rayorch.backfill.executor import wait_grouped
         from rayorch.results import Staged
 
-        done, rest = futures.wait(handles, timeout=timeout, return_when=futures.FIRST_COMPLETED)
+        return [
+            (h, r if isinstance(r, BaseException) else Staged(r, {}, r["rows"]))
+            for h, r in wait_grouped(self.groups, handles, timeout, self._pool_wait)
+        ]
+
+    def _pool_wait(self, tasks, timeout):
+        done, rest = futures.wait(tasks, timeout=timeout, return_when=futures.FIRST_COMPLETED)
         if done and rest:  # linger briefly, as the Ray executor does, so results batch
             more, _ = futures.wait(rest, timeout=0.02)
             done = done | more
         out = []
         for f in done:
+            self.tasks += 1
             try:
-                m = f.result()
-                out.append((f, Staged(m, {}, m["rows"])))
+                out.append((f, f.result()))
             except Exception as e:
                 out.append((f, e))
         return out
 
     def cancel(self, handle) -> None:
-        handle.cancel()
+        task = self.groups.cancel(handle)
+        if task is not None:
+            task.cancel()
 
     def publish_many(self, items):
         from rayorch.data.tables import Published
@@ -198,7 +227,9 @@ def drive(table, ledger, keys, pool, args) -> dict:
                         {"pipeline": name, "t": time.time()})  # fmt: skip
     acc: dict = {}
     timed(ledger, ["claim_many", "commit_many", "amend_outputs"], acc)
-    ex = PoolExecutor(table, pool)
+    from rayorch.backfill.grouping import GroupPolicy
+
+    ex = PoolExecutor(table, pool, args.workers, GroupPolicy(args.group_target_s, args.group_max))
     opts = DriverOptions(
         max_concurrency=args.concurrency,
         publish_batch=args.publish_batch,
@@ -206,7 +237,7 @@ def drive(table, ledger, keys, pool, args) -> dict:
     )
     s = BackfillDriver(plan, ledger, ex, opts).run()
     assert s.ok, s.to_dict()
-    return {"commits": ex.commits, "table": ex.table_s, "amend": acc.get("amend_outputs", 0.0),
+    return {"commits": ex.commits, "table": ex.table_s, "tasks": ex.tasks, "amend": acc.get("amend_outputs", 0.0),
             "ledger": acc.get("ledger", 0.0)}  # fmt: skip
 
 
@@ -232,6 +263,16 @@ def main() -> None:
     ap.add_argument(
         "--publish-linger-s", type=float, default=5.0, help="driver's publish_linger_s (0: none)"
     )
+    from rayorch.spec import TaskGroupingSpec
+
+    grouping = TaskGroupingSpec()
+    ap.add_argument(
+        "--group-target-s",
+        type=float,
+        default=grouping.target_task_s,
+        help="features.grouping.target_task_s (0: one task per unit)",
+    )
+    ap.add_argument("--group-max", type=int, default=grouping.max_partitions)
     ap.add_argument("--workers", type=int, default=cpus, help="stager processes (task slots)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side; medians")
     ap.add_argument("--s3", action="store_true")
@@ -269,7 +310,8 @@ def main() -> None:
         print(
             f"{len(keys)} partitions x {args.rows} rows, {where}; {args.workers} stager "
             f"processes, {args.concurrency} units in flight, table commit per "
-            f"{args.publish_batch} units or {args.publish_linger_s:g} s"
+            f"{args.publish_batch} units or {args.publish_linger_s:g} s; units grouped into "
+            f"tasks of ~{args.group_target_s:g} s, at most {args.group_max}"
         )
         whole = pa.concat_tables(
             [storage_cols(t, k) for k, t in _DATA.items()], promote_options="default"
@@ -319,7 +361,7 @@ def main() -> None:
             ledger.close()
             print(
                 f"  run {rep + 1}: plain {plain_walls[-1]:6.2f} s   rayorch {ours_walls[-1]:6.2f} s"
-                f"  ({last['commits']} table commits {last['table']:.2f} s, "
+                f"  ({last['tasks']} tasks, {last['commits']} table commits {last['table']:.2f} s, "
                 f"ledger {last['ledger']:.2f} s of which amends {last['amend']:.2f} s)"
             )
             print(

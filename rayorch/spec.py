@@ -124,6 +124,18 @@ class FreshnessSpec(_Frozen):
     )
 
 
+class TaskGroupingSpec(_Frozen):
+    """Short feature units share a Ray task (see rayorch/backfill/grouping.py)."""
+
+    target_task_s: float = Field(
+        0.25,
+        ge=0,
+        description="Pack short feature units into Ray tasks of about this many seconds, "
+        "judged by the unit times measured so far (0: one task per partition).",
+    )
+    max_partitions: int = Field(32, ge=1, description="At most this many units per task.")
+
+
 class FeaturesSpec(_Frozen):
     entrypoint: Entrypoint = Field(description="module:function(ctx, table) -> table.")
     code_version: str | None = Field(
@@ -139,6 +151,10 @@ class FeaturesSpec(_Frozen):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per feature task.")
     retries: int = Field(2, ge=0, description="Retries of a failed unit before marking failed.")
     retry_backoff_s: float = Field(1.0, ge=0, description="Base backoff; doubles per retry.")
+    grouping: TaskGroupingSpec = Field(
+        default_factory=TaskGroupingSpec,
+        description="How short units share a task; never changes what a unit produces.",
+    )
 
 
 class ScalingSpec(_Frozen):

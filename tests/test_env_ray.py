@@ -37,10 +37,25 @@ class _NodeWithAnotherEnv:
 
     def __init__(self, a: RayExecutor, b: RayExecutor) -> None:
         self.a, self.b, self.n = a, b, 0
+        self.by: dict[Any, RayExecutor] = {}  # handle -> the executor that started it
 
     def submit(self, unit: Any, token: int, generation: int, placement: Any = None) -> Any:
         self.n += 1
-        return (self.a if self.n == 1 else self.b).submit(unit, token, generation, placement)
+        ex = self.a if self.n == 1 else self.b
+        handle = ex.submit(unit, token, generation, placement)
+        self.by[handle] = ex
+        return handle
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
+        out: list[tuple[Any, Any]] = []
+        for ex in (self.a, self.b):  # each launches and collects its own
+            mine = [h for h in handles if self.by.get(h) is ex]
+            if mine:
+                out += ex.wait(mine, timeout)
+        return out
+
+    def cancel(self, handle: Any) -> None:
+        self.by.get(handle, self.a).cancel(handle)
 
     def __getattr__(self, name: str) -> Any:  # publish, reconcile, ...: the first executor's
         return getattr(self.a, name)

@@ -98,6 +98,39 @@ def test_a_batch_commit_accepts_exactly_the_current_tokens(ledger_url):
     led.close()
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["outputs-known", "outputs-read"])
+def test_amends_apply_only_at_the_committed_token(ledger_url, known):
+    """A publish's amend adds to each output while the unit is DONE at that token: with the
+    committed outputs known (nothing read back) or read in the transaction, a unit
+    re-committed since by another backfill keeps its newer output."""
+    led = Ledger(ledger_url)
+    a, _ = led.start_backfill("p", {"x": 1}, "fp", UNITS)
+    b, _ = led.start_backfill("p", {"x": 2}, "fp", UNITS)
+    led.claim_many(a.ownership, KEYS[:2])
+    outs = {k: {"rows": i} for i, k in enumerate(KEYS[:2])}
+    assert led.commit_many(a.ownership, [(k, 1, o) for k, o in outs.items()]) == [None, None]
+
+    def amend(extra: dict) -> list[bool]:
+        items = [(k, 1, extra) for k in KEYS[:2]]
+        merged = {k: {**o, **extra} for k, o in outs.items()}
+        return led.amend_outputs(a.ownership, items, merged if known else None)
+
+    assert amend({"snapshot_id": 7}) == [True, True]
+    rows = led.get_units(KEYS[:2])
+    assert [rows[k].output for k in KEYS[:2]] == [
+        {"rows": 0, "snapshot_id": 7},
+        {"rows": 1, "snapshot_id": 7},
+    ]
+    [c] = led.claim_many(b.ownership, KEYS[1:2], rerun=KEYS[1:2])  # b re-runs the second
+    assert c.token == 2 and led.commit_many(b.ownership, [(KEYS[1], 2, {"rows": 9})]) == [None]
+    outs[KEYS[0]]["snapshot_id"] = 7
+    assert amend({"snapshot_id": 8}) == [True, False]  # a's second unit is not a's any more
+    rows = led.get_units(KEYS[:2])
+    assert rows[KEYS[0]].output == {"rows": 0, "snapshot_id": 8}
+    assert rows[KEYS[1]].output == {"rows": 9} and rows[KEYS[1]].committed_token == 2
+    led.close()
+
+
 def test_fail_and_reprocess_policies(ledger_url):
     led = Ledger(ledger_url)
     bf, _ = led.start_backfill("p", {}, "fp", UNITS)

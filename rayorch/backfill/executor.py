@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rayorch.backfill.grouping import GroupPolicy, Member, TaskGroups
 from rayorch.backfill.plan import Step, Unit
-from rayorch.backfill.work import run_feature_unit
+from rayorch.backfill.work import run_feature_units
 from rayorch.data import outputs, storage
 from rayorch.data.tables import Published, PublishResult, StepTable
 from rayorch.results import Noop
@@ -25,6 +26,7 @@ from rayorch.spec import PipelineSpec
 
 _COMMIT_BATCH = 64
 _LINGER_S = 0.02
+_SLOTS_TTL_S = 10.0  # how long the cluster's CPU count is trusted for sizing groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,31 +135,33 @@ class RayExecutor:
         self.table = StepTable.for_spec(spec, settings)
         self.table.refuse_old_layout()
         self._spec_ref = ray.put(spec)
-        self._feature = ray.remote(max_retries=0)(run_feature_unit)
+        self._feature = ray.remote(max_retries=0)(run_feature_units)
+        grouping = spec.features.grouping
+        self.groups = TaskGroups(
+            self._launch_features,
+            GroupPolicy(grouping.target_task_s, grouping.max_partitions),
+            self._slots,
+        )
+        self._slots_at: tuple[float, int] | None = None
         self._train = ray.remote(num_cpus=0, max_retries=0)(_train_task)
         self._publish_train = ray.remote(num_cpus=0, max_retries=0)(_publish_train_task)
         self._generation: dict[str, int] = {}
 
     def submit(self, unit: Unit, token: int, generation: int, placement: Any = None) -> Any:
         if unit.step is Step.FEATURES:
-            opts: dict[str, Any] = {"num_cpus": unit.cpus, **self.env.task_options()}
-            if placement is not None and placement.pg is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+            if placement is None or placement.pg is None:
+                return self.groups.add((unit, token))  # launched, grouped, by ``wait``
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-                # The task waits for its placement group; the driver loop does not.
-                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=placement.pg,
-                    placement_group_bundle_index=0,
-                    placement_group_capture_child_tasks=False,
-                )
-            return self._feature.options(**opts).remote(
-                self._spec_ref,
-                self.source_root,
-                self.settings,
-                unit,
-                token,
-                time.time(),
-                self.env.context,
+            # The task waits for its placement group; the driver loop does not.
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=placement.pg,
+                placement_group_bundle_index=0,
+                placement_group_capture_child_tasks=False,
+            )
+            return self.groups.launch_alone(
+                (unit, token),
+                lambda items: self._launch_features(items, scheduling_strategy=strategy),
             )
         self._generation[unit.run_key] = generation
         req = self._train_request(unit, token, generation)
@@ -166,11 +170,28 @@ class RayExecutor:
         kwargs = placement.scaling_kwargs() if placement is not None else None
         return self._train.options(**self.env.task_options()).remote(req, kwargs)
 
+    def _launch_features(self, items: list[tuple[Unit, int]], **options: Any) -> Any:
+        opts: dict[str, Any] = {"num_cpus": items[0][0].cpus, **self.env.task_options()}
+        return self._feature.options(**opts, **options).remote(
+            self._spec_ref, self.source_root, self.settings, items, time.time(), self.env.context
+        )
+
+    def _slots(self) -> int:
+        """Feature tasks the cluster runs at once (its CPUs over a unit's), re-read now and
+        then: an autoscaled cluster grows."""
+        now = time.monotonic()
+        if self._slots_at is None or now - self._slots_at[0] > _SLOTS_TTL_S:
+            cpus = float(self.ray.cluster_resources().get("CPU", 1.0))
+            self._slots_at = (now, max(1, int(cpus // max(self.spec.features.num_cpus, 1e-6))))
+        return self._slots_at[1]
+
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
-        return _ray_wait(handles, timeout)
+        return wait_grouped(self.groups, handles, timeout, _ray_wait)
 
     def cancel(self, handle: Any) -> None:
-        self.ray.cancel(handle, force=True)
+        task = self.groups.cancel(handle) if isinstance(handle, Member) else handle
+        if task is not None:
+            self.ray.cancel(task, force=True)
 
     def _train_request(self, unit: Unit, token: int, generation: int) -> Any:
         from rayorch.train.runner import TrainRequest
@@ -281,6 +302,27 @@ class RayExecutor:
             return None
         files = self._run_files(unit, generation)
         return {"storage": files.storage, "run_name": files.run_name}
+
+
+def wait_grouped(
+    groups: TaskGroups,
+    handles: list[Any],
+    timeout: float,
+    wait: Any,
+) -> list[tuple[Any, Any]]:
+    """Launch what is pending, then wait for tasks: a grouped task's end answers for each of
+    its live members, any other handle (a training task) for itself. ``wait``: the task
+    system's (Ray's ``_ray_wait``, a process pool's in the benchmark)."""
+    groups.flush()
+    members = [h for h in handles if isinstance(h, Member)]
+    tasks = [h for h in handles if not isinstance(h, Member)] + groups.tasks(members)
+    out: list[tuple[Any, Any]] = []
+    for task, outcome in wait(tasks, timeout):
+        if groups.owns(task):
+            out += groups.finished(task, outcome)
+        else:
+            out.append((task, outcome))
+    return out
 
 
 def _published(got: PublishResult) -> dict[str, Any] | None:

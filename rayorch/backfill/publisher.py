@@ -117,14 +117,18 @@ class Publisher:
         what it produced per unit (snapshot id, model version)."""
         items = list(a.items)
         amends: list[tuple[str, int, dict[str, Any]]] = []
+        known: dict[str, dict[str, Any]] = {}  # amended outputs of this driver's own commits
         extras = self.executor.publish_many(items) if items else []
         for (unit, token, _), extra in zip(items, extras, strict=True):
             if extra:
                 amends.append((unit.run_key, token, extra))
-                self.outputs[unit.run_key] = {**self.outputs.get(unit.run_key, {}), **extra}
+                base = self.outputs.get(unit.run_key)
+                self.outputs[unit.run_key] = merged = {**(base or {}), **extra}
+                if base is not None:
+                    known[unit.run_key] = merged
         missing = self._verify(own, a.verify, amends)
         if amends:
-            self.ledger.amend_outputs(own, amends)
+            self.ledger.amend_outputs(own, amends, known)
         self.crash("after_publish")
         keys = (*(u.run_key for u, _, _ in items), *(u.run_key for u in a.verify))
         self.progress(

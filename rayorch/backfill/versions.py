@@ -61,7 +61,8 @@ def step_versions(spec: PipelineSpec, env_fingerprint: str) -> dict[str, dict[st
     out: dict[str, dict[str, str]] = {}
     cfg = spec.model_dump(mode="json", by_alias=True)
     shared = {k: cfg.get(k) for k in ("source", "partitions")}
-    skip = ("retries", "retry_backoff_s", "code_version")  # code has its own part
+    # How a unit is run, not what it produces; code has its own part.
+    skip = ("retries", "retry_backoff_s", "grouping", "code_version")
     feats = {k: v for k, v in cfg["features"].items() if k not in skip}
     out[Step.FEATURES.value] = UnitVersion(
         _digest({**shared, "features": feats}),

@@ -9,11 +9,14 @@ fenced by the unit's token, then publishes.
 from __future__ import annotations
 
 import datetime as dt
+import pickle
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from rayorch.backfill.grouping import MemberOutcome
 from rayorch.backfill.plan import Unit
 from rayorch.data import outputs, storage
 from rayorch.data.sensors import SensorPolicy, SensorStatus, evaluate, observe_partition
@@ -68,17 +71,36 @@ def check_partition(
     return evaluate(policy, obs, now)
 
 
-def run_feature_unit(
+def run_feature_units(
     spec: PipelineSpec,
     source_root: str,
     settings: Settings,
-    unit: Unit,
-    token: int,
+    members: list[tuple[Unit, int]],
     now_ts: float,
     env: Any = None,
-) -> Staged | NotReady:
-    with storage.using(settings):  # the driver's storage settings, not this worker's env
-        return _feature_unit(spec, source_root, settings, unit, token, now_ts, env)
+) -> list[MemberOutcome]:
+    """Several feature units in one task (:mod:`rayorch.backfill.grouping`), one after the
+    other: per unit its result or the error it raised (the others go on), and the seconds
+    its work took."""
+    out: list[MemberOutcome] = []
+    with storage.using(settings):
+        for unit, token in members:
+            t0 = time.perf_counter()
+            try:
+                res: Any = _feature_unit(spec, source_root, settings, unit, token, now_ts, env)
+            except Exception as exc:  # this unit's failure, not its neighbours'
+                res = _portable(exc)
+            out.append((res, time.perf_counter() - t0))
+    return out
+
+
+def _portable(exc: Exception) -> Exception:
+    """The error as it can travel back to the driver (unpicklable ones by type and text)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def _feature_unit(

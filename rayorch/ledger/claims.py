@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
@@ -26,6 +26,14 @@ from rayorch.ledger.states import Reprocess, UnitState
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+#: An output replaced while the unit is DONE at the committing token.
+_AMEND = (
+    update(units)
+    .where(units.c.run_key == bindparam("b_key"))
+    .where(units.c.committed_token == bindparam("b_token"))
+    .where(units.c.state == UnitState.DONE.value)
+    .values(output=bindparam("b_output"))
+)
 _BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)\s*")
 
 
@@ -273,18 +281,36 @@ class ClaimsMixin:
         return self.amend_outputs(owner, [(run_key, token, extra)])[0]
 
     def amend_outputs(
-        self, owner: Ownership, items: Sequence[tuple[str, int, dict[str, Any]]]
+        self,
+        owner: Ownership,
+        items: Sequence[tuple[str, int, dict[str, Any]]],
+        known: Mapping[str, dict[str, Any]] | None = None,
     ) -> list[bool]:
         """Add what one publish produced (snapshot id, model version) to each committed
         output, in ONE fenced transaction: a driver that lost its backfill amends nothing.
         An item is applied only while the unit is DONE at that very token (a newer commit's
-        output is never amended with an older publish). Per item: applied or not."""
+        output is never amended with an older publish). Per item: applied or not.
+
+        ``known``: run key -> the output as amended, where the caller holds what it committed
+        (the driver's own commits): written as it is, nothing read back, when every item of
+        a batch of distinct keys is known and its fenced UPDATE matches; otherwise each
+        output is read and merged in the database's transaction."""
         if not items:
             return []
         keys = sorted({k for k, _, _ in items})
+        whole = None
+        if known is not None and len(keys) == len(items) and all(k in known for k in keys):
+            whole = [
+                {"b_key": k, "b_token": t, "b_output": json.dumps(known[k], sort_keys=True)}
+                for k, t, _ in sorted(items, key=lambda it: it[0])
+            ]
 
         def attempt(c: Connection) -> set[tuple[str, int]]:
             self._fence(c, owner)
+            if whole is not None and c.dialect.supports_sane_multi_rowcount:
+                res = c.execute(_AMEND, whole)
+                if res.rowcount == len(whole):
+                    return {(k, t) for k, t, _ in items}
             current: dict[str, tuple[int | None, str | None]] = {}
             for chunk in _chunks(keys, 500):
                 for r in c.execute(
@@ -304,11 +330,7 @@ class ClaimsMixin:
                 applied.add((key, token))
             if merged:
                 c.execute(
-                    update(units)
-                    .where(units.c.run_key == bindparam("b_key"))
-                    .where(units.c.committed_token == bindparam("b_token"))
-                    .where(units.c.state == UnitState.DONE.value)
-                    .values(output=bindparam("b_output")),
+                    _AMEND,
                     [
                         {
                             "b_key": k,
