@@ -364,21 +364,21 @@ def test_stale_units_rerun_exactly(world):
         (8, False, 16),
         (64, False, 128),
         (0.5, False, 16),
-        (None, True, 64),
-        (2, True, 64),
-        (32, True, 64),
+        (None, True, 128),
+        (2, True, 128),
         (64, True, 128),
+        (100, True, 200),
     ],
 )
 def test_default_concurrency_is_two_per_cpu_with_a_floor(cpus, features_only, want):
-    """2 per CPU, at least 16; at least 64 when the plan has feature units only."""
+    """2 per CPU, at least 16; at least 128 when the plan has feature units only."""
     from rayorch.backfill.window import default_concurrency
 
     assert default_concurrency(cpus, features_only=features_only) == want
 
 
 def test_driver_window_is_deeper_for_a_features_only_plan(world):
-    """The driver picks the window from the plan: feature units only -> 64 by default, a plan
+    """The driver picks the window from the plan: feature units only -> 128 by default, a plan
     with training -> 16; an explicit max_concurrency wins either way."""
     from rayorch.backfill.plan import Step
 
@@ -388,6 +388,6 @@ def test_driver_window_is_deeper_for_a_features_only_plan(world):
     mixed = make_plan(["SF"], days=2, train=True)
     assert Step.TRAIN in {u.step for u in mixed.units}
     ex = ScriptedExecutor(clock)
-    assert BackfillDriver(feats, ledger, ex, DriverOptions()).max_conc == 64
+    assert BackfillDriver(feats, ledger, ex, DriverOptions()).max_conc == 128
     assert BackfillDriver(mixed, ledger, ex, DriverOptions()).max_conc == 16
     assert BackfillDriver(feats, ledger, ex, DriverOptions(max_concurrency=3)).max_conc == 3

@@ -25,7 +25,7 @@ from rayorch.settings import Settings
 from rayorch.spec import PipelineSpec
 
 _COMMIT_BATCH = 64
-_LINGER_S = 0.02
+RESULT_LINGER_S = 0.02  # after the first result, how long wait() gathers more (turns batch)
 _SLOTS_TTL_S = 10.0  # how long the cluster's CPU count is trusted for sizing groups
 
 
@@ -104,7 +104,7 @@ def _ray_wait(handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
     done, _ = ray.wait(handles, num_returns=1, timeout=timeout)
     if done and len(handles) > 1:
         rest = [r for r in handles if r != done[0]]
-        more, _ = ray.wait(rest, num_returns=min(len(rest), _COMMIT_BATCH), timeout=_LINGER_S)
+        more, _ = ray.wait(rest, num_returns=min(len(rest), _COMMIT_BATCH), timeout=RESULT_LINGER_S)
         done = done + more
     out: list[tuple[Any, Any]] = []
     for ref in done:

@@ -9,13 +9,14 @@ from __future__ import annotations
 MIN_DEFAULT_CONCURRENCY = 16
 #: The same for a plan of feature units only: each is a short CPU task that waits in Ray's
 #: queue without holding anything, so a deeper queue only keeps the workers busy through the
-#: driver's turns (64 against 16: 2,700 partitions published ~20 % faster, docs/tables.md). A
-#: plan with training keeps the shallower window: training runs must not all start at once.
-MIN_DEFAULT_FEATURE_CONCURRENCY = 64
+#: driver's turns (64 against 16: 2,700 partitions published ~20 % faster; with short units
+#: grouped into tasks, 128 against 64 again, docs/tables.md). A plan with training keeps the
+#: shallower window: training runs must not all start at once.
+MIN_DEFAULT_FEATURE_CONCURRENCY = 128
 
 
 def default_concurrency(cluster_cpus: float | None, *, features_only: bool = False) -> int:
     """Units in flight when ``max_concurrency`` is not set: 2 per cluster CPU, at least 16
-    (at least 64 when every unit of the plan is a feature unit)."""
+    (at least 128 when every unit of the plan is a feature unit)."""
     floor = MIN_DEFAULT_FEATURE_CONCURRENCY if features_only else MIN_DEFAULT_CONCURRENCY
     return max(floor, int(2 * (cluster_cpus or 4)))

@@ -172,7 +172,7 @@ def backfill(
     steps: str | None = StepsOpt,
     max_concurrency: int | None = typer.Option(
         None,
-        help="Units in flight at once (default: 2 per cluster CPU, at least 16; at least 64 "
+        help="Units in flight at once (default: 2 per cluster CPU, at least 16; at least 128 "
         "when the backfill has no training units).",
     ),
     reprocess: Reprocess = ReprocessOpt,
