@@ -20,13 +20,14 @@
 
 ``--s3`` runs against a moto S3 server on 127.0.0.1 started here (the test fixture's server).
 
-Measured on the 2-core machine (docs/tables.md has the table and the profile), 2026-12-06,
-64 in flight (the default): 3.59 s vs 1.32 s = 2.72x, CPU 2.38x; at another moment 3.77 s vs
-1.60 s = 2.36x, CPU 2.22x (the machine's speed swung up to 3x between runs: compare within a
-run). The code before, the same machine at its quietest: 4.05 s vs 1.16 s = 3.49x, CPU 3.30x.
-Local target not met: what is left is CPU on two cores (file creation ~0.5 ms a file in the
-kernel on both sides, the loop's ledger transactions waiting on the GIL behind the publish
-thread, pyiceberg's own commit work).
+Measured on the 2-core machine (docs/tables.md has the table and the profile), 2026-12-07,
+the defaults (units grouped into tasks, 128 in flight): at quiet moments 2.10 s vs 0.94 s
+= 2.23x and 2.12 s vs 0.90 s = 2.36x, CPU 2.14-2.35x; at slowed moments (plain
+1.3-2.5 s) 1.69-1.88x. Local target met only when the machine is slowed (plain write_dataset
+slows more than rayorch does); moto S3 44.8 s vs 93.0 s = 0.48x. The code at the session's start, quiet: 2.78 s vs 0.89 s =
+3.12x. What is left is CPU on two cores: creating each directory and file (~0.5 ms, both
+sides), ~0.2 ms a unit in the stagers, ~0.55 ms a unit in the driver (ledger claims and
+commits, table commits, the loop).
 
 Each run also prints CPU seconds: the driver process (loop and publish thread) and the stager
 processes (psutil) against ``write_dataset``'s threads; with ``--s3`` the S3 server's own CPU
