@@ -23,9 +23,9 @@
 Measured on the 2-core machine (docs/tables.md has the table and the profile), 2026-12-07,
 the defaults (units grouped into tasks, 128 in flight): at quiet moments 2.10 s vs 0.94 s
 = 2.23x and 2.12 s vs 0.90 s = 2.36x, CPU 2.14-2.35x; at slowed moments (plain
-1.3-2.5 s) 1.69-1.88x. Local target met only when the machine is slowed (plain write_dataset
-slows more than rayorch does); moto S3 44.8 s vs 93.0 s = 0.48x. The code at the session's start, quiet: 2.78 s vs 0.89 s =
-3.12x. What is left is CPU on two cores: creating each directory and file (~0.5 ms, both
+1.3-2.5 s) 1.69-1.88x. Local target met only when the machine is slowed (plain
+write_dataset slows more than rayorch does); moto S3 44.8 s vs 93.0 s = 0.48x. The code at
+the session's start, quiet: 2.78 s vs 0.89 s = 3.12x. What is left is CPU on two cores: creating each directory and file (~0.5 ms, both
 sides), ~0.2 ms a unit in the stagers, ~0.55 ms a unit in the driver (ledger claims and
 commits, table commits, the loop).
 
@@ -108,15 +108,9 @@ def stage_one(job: tuple[str, str, int]) -> dict:
 def stage_group(jobs: list[tuple[str, str, int]]) -> list[tuple[object, float]]:
     """A grouped task, as rayorch.backfill.work.run_feature_units answers: per unit its
     result or error, and the seconds its work took."""
-    out: list[tuple[object, float]] = []
-    for job in jobs:
-        t0 = time.perf_counter()
-        try:
-            res: object = stage_one(job)
-        except Exception as exc:
-            res = exc
-        out.append((res, time.perf_counter() - t0))
-    return out
+    from rayorch.backfill.grouping import run_each
+
+    return run_each(stage_one, jobs)
 
 
 class PoolExecutor:

@@ -182,7 +182,7 @@ class RayExecutor:
         now = time.monotonic()
         if self._slots_at is None or now - self._slots_at[0] > _SLOTS_TTL_S:
             cpus = float(self.ray.cluster_resources().get("CPU", 1.0))
-            self._slots_at = (now, max(1, int(cpus // max(self.spec.features.num_cpus, 1e-6))))
+            self._slots_at = (now, max(1, int(cpus // self.spec.features.num_cpus)))
         return self._slots_at[1]
 
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:

@@ -16,6 +16,8 @@ Pure bookkeeping: :class:`TaskGroups` is handed a ``launch`` function (a Ray tas
 from __future__ import annotations
 
 import math
+import pickle
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,29 @@ from typing import Any
 #: A grouped task's answer per member, in order: (result or the exception it raised, the
 #: seconds its work took inside the task).
 MemberOutcome = tuple[Any, float]
+
+
+def run_each(work: Callable[[Any], Any], items: Sequence[Any]) -> list[MemberOutcome]:
+    """A grouped task's body: ``work`` on each item in turn, one failure not stopping the
+    others; per item its result or its (portable) error, and the seconds it took."""
+    out: list[MemberOutcome] = []
+    for item in items:
+        t0 = time.perf_counter()
+        try:
+            res = work(item)
+        except Exception as exc:  # this unit's failure, not its neighbours'
+            res = _portable(exc)
+        out.append((res, time.perf_counter() - t0))
+    return out
+
+
+def _portable(exc: Exception) -> Exception:
+    """The error as it can travel back to the driver (unpicklable ones by type and text)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +138,7 @@ class TaskGroups:
 
     def flush(self) -> None:
         """Launch every pending unit, grouped by :func:`group_sizes`."""
-        pending = [m for m in self._pending if not m.cancelled]
-        self._pending = []
+        pending, self._pending = self._pending, []  # a cancelled one was removed already
         at = 0
         for size in group_sizes(len(pending), self.slots(), self.times.mean, self.policy):
             members = pending[at : at + size]

@@ -9,14 +9,12 @@ fenced by the unit's token, then publishes.
 from __future__ import annotations
 
 import datetime as dt
-import pickle
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from rayorch.backfill.grouping import MemberOutcome
+from rayorch.backfill.grouping import MemberOutcome, run_each
 from rayorch.backfill.plan import Unit
 from rayorch.data import outputs, storage
 from rayorch.data.sensors import SensorPolicy, SensorStatus, evaluate, observe_partition
@@ -82,25 +80,10 @@ def run_feature_units(
     """Several feature units in one task (:mod:`rayorch.backfill.grouping`), one after the
     other: per unit its result or the error it raised (the others go on), and the seconds
     its work took."""
-    out: list[MemberOutcome] = []
     with storage.using(settings):
-        for unit, token in members:
-            t0 = time.perf_counter()
-            try:
-                res: Any = _feature_unit(spec, source_root, settings, unit, token, now_ts, env)
-            except Exception as exc:  # this unit's failure, not its neighbours'
-                res = _portable(exc)
-            out.append((res, time.perf_counter() - t0))
-    return out
-
-
-def _portable(exc: Exception) -> Exception:
-    """The error as it can travel back to the driver (unpicklable ones by type and text)."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
+        return run_each(
+            lambda m: _feature_unit(spec, source_root, settings, m[0], m[1], now_ts, env), members
+        )
 
 
 def _feature_unit(
