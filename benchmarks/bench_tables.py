@@ -60,6 +60,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+from lean_pool import LeanPool
 
 from rayorch.data import outputs, storage
 from rayorch.partitions import PartitionKey
@@ -142,10 +143,14 @@ class PoolExecutor:
         ]
 
     def _pool_wait(self, tasks, timeout):
+        from rayorch.backfill.executor import RESULT_LINGER_S
+
+        if isinstance(self.pool, LeanPool):
+            got = self.pool.wait(tasks, timeout, linger=RESULT_LINGER_S)
+            self.tasks += len(got)
+            return got
         done, rest = futures.wait(tasks, timeout=timeout, return_when=futures.FIRST_COMPLETED)
         if done and rest:  # linger briefly, as the Ray executor does, so results batch
-            from rayorch.backfill.executor import RESULT_LINGER_S
-
             more, _ = futures.wait(rest, timeout=RESULT_LINGER_S)
             done = done | more
         out = []
@@ -160,7 +165,7 @@ class PoolExecutor:
     def cancel(self, handle) -> None:
         task = self.groups.cancel(handle)
         if task is not None:
-            task.cancel()
+            self.pool.cancel(task) if isinstance(self.pool, LeanPool) else task.cancel()
 
     def publish_many(self, items):
         from rayorch.data.tables import Published
@@ -239,6 +244,7 @@ def drive(table, ledger, keys, pool, args) -> dict:
 
 
 def main() -> None:
+    from rayorch.backfill.publishing import DEFAULT_PUBLISH_BATCH
     from rayorch.backfill.window import default_concurrency
 
     ap = argparse.ArgumentParser()
@@ -255,7 +261,10 @@ def main() -> None:
     )
     ap.add_argument("--max-batch", type=int, default=65, help="units per publish in --ray-read")
     ap.add_argument(
-        "--publish-batch", type=int, default=256, help="driver's publish_batch (1: every turn)"
+        "--publish-batch",
+        type=int,
+        default=DEFAULT_PUBLISH_BATCH,
+        help="driver's publish_batch (1: every turn)",
     )
     ap.add_argument(
         "--publish-linger-s", type=float, default=5.0, help="driver's publish_linger_s (0: none)"
@@ -271,6 +280,14 @@ def main() -> None:
     )
     ap.add_argument("--group-max", type=int, default=grouping.max_partitions)
     ap.add_argument("--workers", type=int, default=cpus, help="stager processes (task slots)")
+    ap.add_argument(
+        "--pool",
+        choices=["lean", "futures"],
+        default="lean",
+        help="stager processes: lean (calls and results through pipes, no threads in the "
+        "driver process, as with Ray's C++ core worker) or futures (ProcessPoolExecutor: a "
+        "feeder and a manager thread in the driver process)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side; medians")
     ap.add_argument("--s3", action="store_true")
     ap.add_argument("--ray-read", action="store_true")
@@ -341,8 +358,12 @@ def main() -> None:
             _TABLE = table
             ledger = Ledger(st.db_url)
             ctx = multiprocessing.get_context("fork")
-            with futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+            if args.pool == "lean":
+                pool = LeanPool(args.workers, ctx)
+            else:
+                pool = futures.ProcessPoolExecutor(args.workers, mp_context=ctx)
                 list(pool.map(abs, range(args.workers * 4)))  # workers up, like Ray's
+            with pool:
                 skip = {moto.pid} if moto is not None else set()
                 s0, m0 = children_cpu(skip), server_cpu(moto)
                 t0, c0 = time.perf_counter(), time.process_time()

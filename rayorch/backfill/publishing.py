@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-DEFAULT_PUBLISH_BATCH = 256
+DEFAULT_PUBLISH_BATCH = 1024
 DEFAULT_PUBLISH_LINGER_S = 5.0
 
 
